@@ -1,0 +1,1 @@
+"""isometry: dynamical isometry of deep tanh networks and RNNs in JAX."""

@@ -1,0 +1,58 @@
+"""Atomic result files: a reader never sees a half-written JSON, PNG or checkpoint.
+
+Each writer writes to a temporary file in the destination's folder and renames it over the
+destination (`os.replace` is atomic on POSIX), so an interrupted run leaves either the previous
+complete file or the new complete file.
+"""
+import contextlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+  """Yields a temporary path beside `path`; on success renames it to `path`, else removes it."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _to_builtin(value: Any) -> Any:
+  if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+    return np.asarray(value).tolist()
+  if isinstance(value, (np.floating, np.integer, np.bool_)):
+    return value.item()
+  raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def write_json(path: str, data: Any) -> None:
+  """Writes `data` as indented JSON, converting numpy and jax arrays to lists; atomic."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump(data, f, indent=1, default=_to_builtin, allow_nan=True)
+      f.write("\n")
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> None:
+  """Saves a matplotlib figure as PNG atomically and closes it."""
+  import matplotlib.pyplot as plt
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+  plt.close(fig)
