@@ -23,7 +23,8 @@ scalar, so a sweep can vmap over it). Multiply by the regularization strength ou
 References:
   N. Bansal, X. Chen, Z. Wang, Can we gain more from orthogonality regularizations in training
   deep CNNs?, NeurIPS 2018 (SO, DSO, MC, SRIP).
-  M. Hlav, orthogonal regularization of a SimpleRNN's recurrent kernel, 2019 (the seed notebook).
+  M. Hlav, 2019: orthogonal regularization of a SimpleRNN's recurrent kernel (paper, eq. 11,
+  and the notebook OrthogonalRegRNNSV.ipynb whose Keras code "notebook_so" reproduces).
 """
 from typing import Callable, Optional
 
@@ -51,7 +52,7 @@ def soft_orthogonality(w: jax.Array, gain=1.0) -> jax.Array:
   """Soft orthogonality ||W^T W / gain^2 - I||_F^2.
 
   With gain = 1 this is Bansal et al.'s SO penalty; its gradient is 4 W (W^T W - I). With the
-  init gain it is the gain-adjusted penalty of the seed notebook's eq. 11, which writes
+  init gain it is the gain-adjusted penalty of Hlav 2019's eq. 11, which writes
   ||W W^T / g^2 - I||_F^2: for square W the two agree, since ||A^T A - I||_F^2 =
   tr((A^T A)^2) - 2 tr(A^T A) + n and tr((A A^T)^k) = tr((A^T A)^k). The gradient is
   4 / g^2 W (W^T W / g^2 - I).
