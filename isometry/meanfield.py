@@ -15,8 +15,10 @@ possible (Pennington, Schoenholz & Ganguli 2017).
 
 Every public function takes `activation` as a name ("tanh", "hard_tanh", "relu", "erf", "linear")
 or an `Activation`, computes in float64 (inside `jax.enable_x64`), and works under `jit`/`vmap`
-over its scalar arguments. Bad concrete arguments raise ValueError; under tracing there is nothing
-to check, and the functions return nan (or inf) where the answer does not exist.
+over its scalar arguments. Called with concrete values they return numpy float64 (a jax float64
+array used outside enable_x64 would silently drop to float32 in the caller's next operation);
+under tracing, jax arrays. Bad concrete arguments raise ValueError; under tracing there is
+nothing to check, and the functions return nan (or inf) where the answer does not exist.
 
 Numerics. Gaussian expectations of smooth phi use the trapezoidal rule in z on [-10, 10] with 801
 points. Not Gauss-Hermite: for tanh at q = 4.5 (inside the usual phase-diagram range), 200-point
@@ -88,6 +90,14 @@ def _f64(x):
   return jnp.asarray(x, dtype=jnp.float64)
 
 
+def _finish(result):
+  """numpy float64 for concrete results (so arithmetic outside enable_x64 keeps float64),
+  unchanged under tracing."""
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(result)):
+    return result
+  return jax.tree.map(lambda x: np.asarray(x)[()], result)
+
+
 @functools.lru_cache(maxsize=None)
 def _trapezoid_rule(num_points: int, half_width: float):
   """Nodes z and weights w with sum(w * f(z)) ~ E[f(z)], z ~ N(0, 1); numpy float64 constants."""
@@ -122,7 +132,7 @@ def gaussian_expectation(f, q, num_points: int = NUM_POINTS):
   """
   _check_q(q)
   with jax.enable_x64(True):
-    return _expect(f, _f64(q), num_points)
+    return _finish(_expect(f, _f64(q), num_points))
 
 
 # ------------------------------------------------- per-activation Gaussian integrals
@@ -303,7 +313,7 @@ def q_map(activation: ActivationLike, q, sigma_w, sigma_b):
   _check_q(q)
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
-    return _q_map(act, _f64(q), _f64(sigma_w), _f64(sigma_b))
+    return _finish(_q_map(act, _f64(q), _f64(sigma_w), _f64(sigma_b)))
 
 
 def _q_star(act, sigma_w, sigma_b):
@@ -314,11 +324,18 @@ def _q_star(act, sigma_w, sigma_b):
     gain = sw2 * slope
     return jnp.where(gain < 1.0, sb2 / jnp.where(gain < 1.0, 1.0 - gain, 1.0),
                      jnp.where(sb2 > 0.0, jnp.inf, jnp.nan))
+  return _q_star_fixed_point(act, sigma_w, sigma_b)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _q_star_fixed_point(act, sigma_w, sigma_b):
+  """q* of a bounded phi by safeguarded Newton; differentiable through the implicit function."""
+  sw2, sb2 = jnp.square(sigma_w), jnp.square(sigma_b)
   integrals = _integrals(act)
 
-  # Safeguarded Newton on f(q) = q_map(q) - q from q0 = sigma_w^2 + sigma_b^2 >= q*
-  # (|phi| <= 1 for the bounded activations). For a concave q-map (tanh, erf, hard_tanh) the
-  # Newton iterates decrease monotonically to q*; a step that leaves [0, q] falls back to q_map.
+  # Newton on f(q) = q_map(q) - q from q0 = sigma_w^2 + sigma_b^2 >= q* (|phi| <= 1 for the
+  # bounded activations). For a concave q-map (tanh, erf, hard_tanh) the Newton iterates decrease
+  # monotonically to q*; a step that leaves [0, q] falls back to a plain q_map step.
   def step(q):
     f = sw2 * integrals.second_moment(q) + sb2 - q
     df = sw2 * integrals.second_moment_slope(q) - 1.0
@@ -337,6 +354,19 @@ def _q_star(act, sigma_w, sigma_b):
   q0 = sw2 + sb2
   q, q_prev, _ = lax.while_loop(cond, body, (step(q0), q0, jnp.asarray(1)))
   return jnp.where(jnp.abs(q - q_prev) <= 1e3 * (_ATOL + _RTOL * q), q, jnp.nan)
+
+
+@_q_star_fixed_point.defjvp
+def _q_star_fixed_point_jvp(act, primals, tangents):
+  # q* = F(q*, sigma_w, sigma_b) => dq* = (dF/dsigma_w dsigma_w + dF/dsigma_b dsigma_b) / (1 - dF/dq).
+  sigma_w, sigma_b = primals
+  d_sigma_w, d_sigma_b = tangents
+  q = _q_star_fixed_point(act, sigma_w, sigma_b)
+  integrals = _integrals(act)
+  slope = jnp.square(sigma_w) * integrals.second_moment_slope(q)
+  dq = (2.0 * sigma_w * integrals.second_moment(q) * d_sigma_w
+        + 2.0 * sigma_b * d_sigma_b) / (1.0 - slope)
+  return q, dq
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -367,6 +397,7 @@ def q_star(activation: ActivationLike, sigma_w, sigma_b):
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
     result = _q_star_jit(act, _f64(sigma_w), _f64(sigma_b))
+  result = _finish(result)
   concrete = _concrete(result)
   if concrete is not None and not np.all(np.isfinite(concrete)):
     raise ValueError(
@@ -395,7 +426,7 @@ def mu(activation: ActivationLike, q, k: int):
     raise ValueError(f"k must be 1 or 2, got {k}")
   _check_q(q)
   with jax.enable_x64(True):
-    return _integrals(act).mu(_f64(q), k)
+    return _finish(_integrals(act).mu(_f64(q), k))
 
 
 def _chi(act, sigma_w, sigma_b):
@@ -423,7 +454,7 @@ def chi(activation: ActivationLike, sigma_w, sigma_b):
   act = _resolve(activation)
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
-    return _chi_jit(act, _f64(sigma_w), _f64(sigma_b))
+    return _finish(_chi_jit(act, _f64(sigma_w), _f64(sigma_b)))
 
 
 def critical_point(activation: ActivationLike, q_star):
@@ -453,7 +484,7 @@ def critical_point(activation: ActivationLike, q_star):
     # Rounding can leave -1e-17 where the exact answer is 0 (relu, linear).
     sb2 = jnp.where((sb2 < 0.0) & (sb2 > -1e-12 * q), 0.0, sb2)
     sigma_b = jnp.where(sb2 >= 0.0, jnp.sqrt(jnp.maximum(sb2, 0.0)), jnp.nan)
-    sigma_w = jnp.sqrt(sw2)
+    sigma_w, sigma_b = _finish((jnp.sqrt(sw2), sigma_b))
   sbc = _concrete(sigma_b)
   if sbc is not None and not np.all(np.isfinite(sbc)):
     raise ValueError(
@@ -494,7 +525,7 @@ def correlation_map(activation: ActivationLike, c, q, sigma_w, sigma_b):
   if qc is not None and not np.all(qc > 0):
     raise ValueError(f"q must be > 0, got {q}")
   with jax.enable_x64(True):
-    return _correlation_map(act, _f64(c), _f64(q), _f64(sigma_w), _f64(sigma_b))
+    return _finish(_correlation_map(act, _f64(c), _f64(q), _f64(sigma_w), _f64(sigma_b)))
 
 
 def _c_star(act, sigma_w, sigma_b, q):
@@ -561,7 +592,7 @@ def c_star(activation: ActivationLike, sigma_w, sigma_b):
   act = _resolve(activation)
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
-    return _depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b))[2]
+    return _finish(_depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b))[2])
 
 
 def depth_scales(activation: ActivationLike, sigma_w, sigma_b):
@@ -582,7 +613,7 @@ def depth_scales(activation: ActivationLike, sigma_w, sigma_b):
   act = _resolve(activation)
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
-    q, _, _, xi_q, xi_c = _depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b))
+    _, _, _, xi_q, xi_c = _finish(_depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b)))
   xc = _concrete(xi_q)
   if xc is not None and not np.all(~np.isnan(xc)):
     raise ValueError(f"no finite fixed point q* for {act.name} at sigma_w={sigma_w}, "
@@ -635,23 +666,31 @@ def phase_diagram(activation: ActivationLike, sigma_w2, sigma_b2) -> PhaseDiagra
   if sb2 is not None and not np.all(sb2 >= 0):
     raise ValueError("sigma_b2 must be >= 0 everywhere")
   with jax.enable_x64(True):
-    return _phase_diagram_jit(act, _f64(sigma_w2), _f64(sigma_b2))
+    return _finish(_phase_diagram_jit(act, _f64(sigma_w2), _f64(sigma_b2)))
 
 
 # ----------------------------------------------------------------------------- inputs
 
-def sample_inputs_at_q(key, activation: ActivationLike, q, width: int, num: int):
+def sample_inputs_at_q(key, activation: ActivationLike, q, width: int, num: int,
+                       dtype=jnp.float64):
   """Inputs x_0 = phi(h_0), h_0 ~ N(0, q) i.i.d.: the post-activations of a layer at variance q.
 
   Feeding x_0 to a layer with scales (sigma_w, sigma_b) gives pre-activations of variance
   sigma_w**2 E[phi(h_0)**2] + sigma_b**2 = q_map(q), which is q itself when q = q*: the network
   starts at its fixed point, as if it had been running for many layers already.
 
+  Args:
+    key: PRNG key.
+    activation: name or Activation.
+    q: pre-activation variance (>= 0).
+    width, num: vector length and number of vectors.
+    dtype: float64 (sampled inside enable_x64) or float32 (usable inside a float32 jit).
+
   Returns:
-    (num, width) float64 array.
+    (num, width) array of `dtype`.
   """
   act = _resolve(activation)
   _check_q(q)
-  with jax.enable_x64(True):
-    h0 = jnp.sqrt(_f64(q)) * jax.random.normal(key, (num, width), dtype=jnp.float64)
+  with jax.enable_x64(jnp.dtype(dtype) == jnp.float64):
+    h0 = jnp.sqrt(jnp.asarray(q, dtype)) * jax.random.normal(key, (num, width), dtype=dtype)
     return act.fn(h0)
