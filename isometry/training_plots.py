@@ -1,0 +1,174 @@
+"""Figures of a training run, read from its metrics.json (written by `isometry.train.run`).
+
+  singular_values.png  per configuration, the tracked weight's singular values over epochs:
+                       mean +- std (band) and min / max (lines), averaged over seeds (min and
+                       max are the extremes over seeds), like the seed notebook's Fig. 7.
+  curves.png           train / validation loss and accuracy over epochs, per configuration the
+                       mean over seeds with a 95% t-interval band (Fig. 8).
+  gradients.png        RNN: ||dL/dh_t|| against t at init and after the last epoch; MLP:
+                       ||dL/dh_l|| against layer l; mean over seeds, log scale.
+Members are grouped into configurations by `config.label`. Nothing calls plt.show().
+"""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from scipy import stats
+
+from isometry import io
+
+
+def mean_ci(values: np.ndarray, axis: int = 0, level: float = 0.95):
+  """Mean and half-width of the t confidence interval along `axis`, ignoring NaNs.
+
+  Args:
+    values: array with the samples (seeds) along `axis`; NaN marks a missing sample.
+    axis: the sample axis.
+    level: confidence level.
+
+  Returns:
+    (mean, half_width): half_width = t_{(1+level)/2, n-1} s / sqrt(n) with s the sample
+    standard deviation (ddof 1) and n the number of finite samples; NaN where n < 2.
+  """
+  values = np.asarray(values, np.float64)
+  finite = np.isfinite(values)
+  n = np.sum(finite, axis=axis)
+  with np.errstate(all="ignore"):
+    total = np.sum(np.where(finite, values, 0.0), axis=axis)
+    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    deviation = np.where(finite, values - np.expand_dims(mean, axis), 0.0)
+    s = np.sqrt(np.sum(np.square(deviation), axis=axis) / np.maximum(n - 1, 1))
+    t = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1))
+    half = np.where(n >= 2, t * s / np.sqrt(np.maximum(n, 1)), np.nan)
+  return mean, half
+
+
+def _groups(metrics: dict) -> dict:
+  groups = {}
+  for member in metrics["members"]:
+    groups.setdefault(member["config"]["label"], []).append(member)
+  return groups
+
+
+def _series(members: list, key: str, initial: bool = False) -> np.ndarray:
+  """(seeds, epochs) array of `key` per epoch (None -> NaN), optionally with the init first."""
+  rows = []
+  for m in members:
+    entries = ([m["initial"]] if initial else []) + m["epochs"]
+    rows.append([np.nan if e.get(key) is None else e[key] for e in entries])
+  return np.array(rows, np.float64)
+
+
+def _sv_series(members: list, stat: str) -> np.ndarray:
+  return np.array([[e["singular_values"][stat] for e in [m["initial"]] + m["epochs"]]
+                   for m in members], np.float64)
+
+
+def plot_singular_values(metrics: dict, path: str) -> None:
+  """One panel per configuration: singular values over epochs (epoch 0 = init)."""
+  groups = _groups(metrics)
+  cols = min(3, len(groups))
+  rows = -(-len(groups) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), sharey=True,
+                           squeeze=False)
+  for ax, (label, members) in zip(axes.flat, groups.items()):
+    mean = _sv_series(members, "mean").mean(axis=0)
+    std = _sv_series(members, "std").mean(axis=0)
+    low = _sv_series(members, "min").min(axis=0)
+    high = _sv_series(members, "max").max(axis=0)
+    epochs = np.arange(len(mean))
+    ax.fill_between(epochs, mean - std, mean + std, color="tab:orange", alpha=0.5,
+                    label="mean $\\pm$ std")
+    ax.plot(epochs, mean, color="tab:blue", label="mean")
+    ax.plot(epochs, high, color="tab:red", label="max")
+    ax.plot(epochs, low, color="tab:green", label="min")
+    gain = members[0]["config"]["gain"]
+    ax.axhline(gain, color="black", linestyle="--", alpha=0.3)
+    ax.set_title(f"{label} ({len(members)} seeds)", fontsize=9)
+    ax.set_xlabel("epoch")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("singular values")
+  for ax in list(axes.flat)[len(groups):]:
+    ax.axis("off")
+  axes.flat[0].legend(loc="best", fontsize=8)
+  fig.tight_layout()
+  io.save_figure(fig, path)
+
+
+def plot_curves(metrics: dict, path: str) -> None:
+  """Loss and accuracy curves: mean over seeds and 95% t-interval per configuration."""
+  groups = _groups(metrics)
+  panels = (("train_loss", "train loss", False), ("val_loss", "validation loss", True),
+            ("train_accuracy", "train accuracy", False),
+            ("val_accuracy", "validation accuracy", True))
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+  colors = plt.get_cmap("tab10")
+  for ax, (key, title, with_initial) in zip(axes.flat, panels):
+    for c, (label, members) in enumerate(groups.items()):
+      values = _series(members, key, initial=with_initial)
+      mean, half = mean_ci(values, axis=0)
+      epochs = np.arange(values.shape[1]) + (0 if with_initial else 1)
+      ax.plot(epochs, mean, color=colors(c % 10), label=label)
+      ax.fill_between(epochs, mean - half, mean + half, color=colors(c % 10), alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+  axes[0, 0].legend(fontsize=7, loc="best")
+  fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
+  fig.tight_layout()
+  io.save_figure(fig, path)
+
+
+def plot_gradients(metrics: dict, path: str) -> None:
+  """Gradient norms at init (dashed) and after the last epoch (solid), mean over seeds."""
+  groups = _groups(metrics)
+  first = metrics["members"][0]
+  if "grad_norm_through_time" in first["initial"]:
+    steps = metrics.get("grad_norm_time_steps",
+                        list(range(len(first["initial"]["grad_norm_through_time"]))))
+
+    def values(entry):
+      return entry["grad_norm_through_time"]
+    xlabel, ylabel = "time step t", "$\\|\\partial L / \\partial h_t\\|$"
+  else:
+    steps = None
+
+    def values(entry):
+      return entry["grad_norm_by_layer"]["activations"]
+    xlabel, ylabel = "layer l", "$\\|\\partial L / \\partial h_l\\|$"
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  colors = plt.get_cmap("tab10")
+  for c, (label, members) in enumerate(groups.items()):
+    for which, style in (("initial", "--"), ("last", "-")):
+      rows = []
+      for m in members:
+        entry = m["initial"] if which == "initial" else (m["epochs"] or [m["initial"]])[-1]
+        rows.append([np.nan if v is None else v for v in values(entry)])
+      lengths = {len(r) for r in rows}
+      if len(lengths) != 1:  # MLP members of one label share a depth; skip if not.
+        continue
+      mean = np.nanmean(np.array(rows, np.float64), axis=0)
+      x = steps if steps is not None else np.arange(len(mean))
+      ax.plot(x, mean, style, color=colors(c % 10),
+              label=label if which == "last" else None)
+  ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title("gradient norms on a probe batch: init (dashed), last epoch (solid)", fontsize=9)
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  io.save_figure(fig, path)
+
+
+def plot_run(out_dir: str) -> list:
+  """Writes the run's figures next to its metrics.json; returns their paths."""
+  metrics = io.read_json(os.path.join(out_dir, "metrics.json"))
+  paths = []
+  for name, plot in (("singular_values.png", plot_singular_values),
+                     ("curves.png", plot_curves), ("gradients.png", plot_gradients)):
+    path = os.path.join(out_dir, name)
+    plot(metrics, path)
+    paths.append(path)
+  return paths

@@ -1,0 +1,121 @@
+"""The command-line pipelines: scripts/train_rnn.py in-process on tfds.testing.mock_data (flax's
+examples/mnist/train_test.py pattern), scripts/train_mlp.py in a subprocess on IDX files, and
+bad flags (exit status 2, one line on stderr, nothing written).
+
+Only train_rnn.py is imported here: both scripts define flags with the same names in absl's
+global FLAGS, so the second one runs in a subprocess.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from isometry import data
+from isometry import io
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+
+
+def _import_script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def train_rnn():
+  return _import_script("train_rnn")
+
+
+def _run_main(module, argv):
+  argv = [module.__file__] + argv
+  module.FLAGS(argv)
+  try:
+    module.main(argv[:1])
+  finally:
+    module.FLAGS.unparse_flags()
+
+
+def test_train_rnn_pipeline_on_mock_data(train_rnn, tmp_path):
+  out = tmp_path / "run"
+  # mock_data gives num_examples random 28 x 28 images per split: 40 train, 8 of them for
+  # validation; configs2 with 1 seed is 6 members in one program.
+  with tfds.testing.mock_data(num_examples=40):
+    _run_main(train_rnn, ["--preset=configs2", "--seeds=1", "--epochs=1", "--hidden=8",
+                          "--batch_size=16", "--val_size=8", "--unroll=1", f"--out_dir={out}"])
+  status = io.read_json(out / "status.json")
+  assert status["status"] == "done" and status["epochs_done"] == 1
+  config = io.read_json(out / "config.json")
+  assert config["preset"] == "configs2" and config["regularizer"] == "notebook_so"
+  assert config["dataset"] == "mnist" and config["task"] == "row"
+  assert len(config["members"]) == 6
+  metrics = io.read_json(out / "metrics.json")
+  assert [m["config"]["label"] for m in metrics["members"]] == [
+      "Orthogonal_Gain1.025_adj_Reg1", "Orthogonal_Gain1.025_adj_Reg0.5",
+      "Orthogonal_Gain1.025_Reg1", "Orthogonal_Gain1.025_Reg0.5", "Orthogonal_NoReg",
+      "NoOrthogonal"]
+  for member in metrics["members"]:
+    assert set(member) >= {"config", "status", "epochs", "test_accuracy"}
+    assert member["status"] == "done"
+    (epoch,) = member["epochs"]
+    assert set(epoch) >= {"train_loss", "val_loss", "val_accuracy", "singular_values",
+                          "grad_norm_through_time"}
+    assert len(epoch["grad_norm_through_time"]) == 28
+    assert 0 <= member["test_accuracy"] <= 1
+  for name in ("spectra.npz", "checkpoint.npz", "singular_values.png", "curves.png",
+               "gradients.png"):
+    assert (out / name).stat().st_size > 0
+
+
+def _write_idx_dataset(folder, n_train=60, n_test=20, seed=0):
+  rng = np.random.default_rng(seed)
+  for prefix, n in (("train", n_train), ("t10k", n_test)):
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+    data.write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images)
+    data.write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels)
+
+
+def _script(name, *args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args],
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_train_mlp_pipeline_on_idx_files(tmp_path):
+  _write_idx_dataset(str(tmp_path))
+  out = tmp_path / "run"
+  result = _script("train_mlp", f"--data_dir={tmp_path}", "--val_size=12", "--depths=1,3",
+                   "--inits=orthogonal,gaussian", "--width=8", "--batch_size=16", "--epochs=1",
+                   f"--out_dir={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert io.read_json(out / "status.json")["status"] == "done"
+  metrics = io.read_json(out / "metrics.json")
+  assert sorted((m["config"]["init"], m["config"]["depth"]) for m in metrics["members"]) == [
+      ("gaussian", 1), ("gaussian", 3), ("orthogonal", 1), ("orthogonal", 3)]
+  assert (out / "singular_values.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("script, args, message", [
+    ("train_rnn", ["--hidden=0"], "--hidden"),
+    ("train_rnn", ["--gains=1,-1"], "gain must be > 0"),
+    ("train_rnn", ["--task=diagonal"], "--task"),
+    ("train_rnn", ["--cell=lstm", "--constraint=cayley"], "rnn only"),
+    ("train_rnn", ["--preset=configs2", "--gains=1.1"], "--gains"),
+    ("train_rnn", ["--data_dir={tmp}"], "IDX"),
+    ("train_mlp", ["--depths=2,zero"], "--depths"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, script, args, message):
+  out = tmp_path / "out"
+  args = [a.format(tmp=tmp_path) for a in args]
+  result = _script(script, *args, f"--out_dir={out}")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], result.stderr
+  assert not out.exists()
