@@ -44,9 +44,9 @@ ActivationLike = Union[str, Activation]
 
 NUM_POINTS = 801        # 1-d trapezoid points (see the module docstring for the accuracy)
 HALF_WIDTH = 10.0       # the standard normal mass beyond |z| = 10 is 1.5e-23
-NUM_POINTS_2D = 101     # per axis for the 2-d (c-map) quadrature of smooth phi
+NUM_POINTS_2D = 81      # per axis for the 2-d (c-map) quadrature of smooth phi
 HALF_WIDTH_2D = 8.5     # mass beyond 8.5 is 2e-17 per axis
-_LEGENDRE_POINTS = 96   # Gauss-Legendre nodes per piece for hard_tanh's c-map
+_LEGENDRE_POINTS = 48   # Gauss-Legendre nodes per piece for hard_tanh's c-map (4 pieces)
 
 _Q_MAX_ITERATIONS = 200
 _C_MAX_ITERATIONS = 100
@@ -192,9 +192,12 @@ def _hard_tanh_kernels(q, c):
 
   Given z1, u2 / sqrt(q) = c z1 + s z2 ~ N(c z1, s^2) (s = sqrt(1 - c^2)), and the conditional
   expectations of phi'(u2) = 1{|u2| < 1} and of phi(u2) = sqrt(q) clip(u2 / sqrt(q), -a, a)
-  (a = 1 / sqrt(q)) are normal-CDF expressions, smooth in z1. The outer integral over z1 is split
-  at the kinks z1 = +-a and done by Gauss-Legendre on |z1| < a and on the tail a < z1 < a + 10
-  (the tails of phi(u1) are the constants +-1, and the tail's integrand is odd-symmetric).
+  (a = 1 / sqrt(q)) are normal-CDF expressions, smooth in z1 but with a boundary layer of width
+  ~s around z1 = +-a / c. Both outer integrands are even in z1, so the integral over z1 >= 0 is
+  doubled; it is split at the kink z1 = a of phi(u1) (phi = +-1 beyond it, phi' = 0), with the
+  boundary layer [a - d, a + d], d = 8 s, in pieces of its own, each by Gauss-Legendre. This
+  keeps the kernels accurate to ~1e-14 as c -> 1, where the c-map of hard_tanh is
+  non-analytic ((1 - c)^(3/2)) and the chaotic fixed point c* sits within ~1e-5 of 1 near chi = 1.
   """
   q = jnp.maximum(q, _TINY)
   a = 1.0 / jnp.sqrt(q)
@@ -202,7 +205,6 @@ def _hard_tanh_kernels(q, c):
   s = jnp.maximum(jnp.sqrt(1.0 - jnp.square(c)), _TINY)
   x, w = _legendre_rule(_LEGENDRE_POINTS)
   x, w = _f64(x), _f64(w)
-  inner = jnp.minimum(a, HALF_WIDTH)
 
   def conditionals(z1):
     m = c * z1
@@ -212,15 +214,23 @@ def _hard_tanh_kernels(q, c):
                - s * (_normal_pdf(hi) - _normal_pdf(lo)))
     return jnp.sqrt(q) * clipped, p_in
 
-  z_mid = inner * x
-  w_mid = inner * w * _normal_pdf(z_mid)
-  g_mid, p_mid = conditionals(z_mid)
-  z_tail = inner + HALF_WIDTH * 0.5 * (x + 1.0)
-  w_tail = HALF_WIDTH * 0.5 * w * _normal_pdf(z_tail)
-  g_tail, _ = conditionals(z_tail)
-  k = jnp.sum(w_mid * jnp.sqrt(q) * z_mid * g_mid) + 2.0 * jnp.sum(w_tail * g_tail)
-  dk = jnp.sum(w_mid * p_mid)
-  return k, dk
+  def rule(lo, hi):
+    z = lo + 0.5 * (hi - lo) * (x + 1.0)
+    return z, 0.5 * (hi - lo) * w * _normal_pdf(z)
+
+  kink = jnp.minimum(a, HALF_WIDTH)       # beyond |z| = 10 the Gaussian weight is negligible
+  inner = jnp.minimum(8.0 * s, 0.5 * kink)
+  outer = jnp.minimum(8.0 * s, HALF_WIDTH)
+  k, dk = 0.0, 0.0
+  for lo, hi in ((0.0, kink - inner), (kink - inner, kink)):      # |u1| < 1: phi = u1, phi' = 1
+    z, wz = rule(lo, hi)
+    g, p_in = conditionals(z)
+    k += jnp.sum(wz * jnp.sqrt(q) * z * g)
+    dk += jnp.sum(wz * p_in)
+  for lo, hi in ((kink, kink + outer), (kink + outer, kink + HALF_WIDTH)):  # phi = 1, phi' = 0
+    z, wz = rule(lo, hi)
+    k += jnp.sum(wz * conditionals(z)[0])
+  return 2.0 * k, 2.0 * dk
 
 
 _CLOSED_FORMS = {
@@ -535,21 +545,25 @@ def _c_star(act, sigma_w, sigma_b, q):
   # g(c) = c_map(c) - c is convex on [0, 1] (its slope sigma_w^2 E[phi'(u1) phi'(u2)] =
   # sum_n b_n^2 c^n in Hermite coefficients is increasing), g(1) = 0, g'(1) = chi - 1 and
   # g(0) >= 0. So for chi > 1 there is one root in [0, 1), and Newton from c = 0 climbs to it
-  # monotonically. For chi <= 1 the root is c = 1.
+  # monotonically. For chi <= 1 the root is c = 1. Iteration stops when the step is below 1e-12
+  # or g is at its rounding level (near chi = 1, where the root is almost double, Newton is
+  # linear and would otherwise jitter on rounding noise).
   def cond(state):
-    c, c_prev, i = state
-    return (jnp.abs(c - c_prev) > 1e-12) & (i < _C_MAX_ITERATIONS)
+    _, step, g, i = state
+    return (jnp.abs(step) > 1e-12) & (jnp.abs(g) > 4e-16) & (i < _C_MAX_ITERATIONS)
 
   def body(state):
-    c, _, i = state
+    c, _, _, i = state
     c_next, chi_c = _correlation_map(act, c, q, sigma_w, sigma_b)
     g, dg = c_next - c, chi_c - 1.0
     new = jnp.where(dg < 0.0, c - g / jnp.where(dg < 0.0, dg, -1.0), c_next)
-    return jnp.clip(new, 0.0, 1.0), c, i + 1
+    new = jnp.clip(new, 0.0, 1.0)
+    return new, new - c, g, i + 1
 
   chaotic = chi_1 > 1.0
   start = jnp.where(chaotic, 0.0, 1.0)
-  c, _, _ = lax.while_loop(cond, body, (start, jnp.where(chaotic, 2.0, 1.0), jnp.asarray(0)))
+  live = jnp.where(chaotic, 1.0, 0.0)
+  c, _, _, _ = lax.while_loop(cond, body, (start, live, live, jnp.asarray(0)))
   c = jnp.where(chaotic, c, 1.0)
   _, chi_c = _correlation_map(act, c, q, sigma_w, sigma_b)
   chi_c = jnp.where(chaotic, chi_c, chi_1)
