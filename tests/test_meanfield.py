@@ -189,6 +189,25 @@ def test_correlation_fixed_point_and_xi_c(activation):
     assert 1 < mf.depth_scales(activation, factor * sw, sb)[1] < 100
 
 
+@pytest.mark.parametrize("q", [0.5, 1.0])
+def test_hard_tanh_xi_c_near_the_critical_line(q):
+  """Just inside the chaotic phase of hard_tanh, xi_c = 2 / (chi - 1) to leading order.
+
+  hard_tanh's c-map is non-analytic at c = 1: chi_c(c) = chi - beta sqrt(1 - c) + ..., so
+  g(c) = c_map(c) - c = -(chi - 1)(1 - c) + (2/3) beta (1 - c)^(3/2) has its root where
+  sqrt(1 - c*) = 3 (chi - 1) / (2 beta), and there chi_c = 1 - (chi - 1) / 2. With chi - 1 ~ 1e-4,
+  1 - c* ~ 1e-7: this needs the kernels' boundary-layer quadrature (a plain Gauss-Legendre split
+  at the kinks returned c* = 1 and xi_c = inf here). The ratio measured 1.0004 and 1.0014; the
+  next-order term is O(chi - 1) relative, so 1% is loose but catches inf or a factor of 2.
+  """
+  sw, sb = mf.critical_point("hard_tanh", q)
+  sw *= 1.0001
+  excess = mf.chi("hard_tanh", sw, sb) - 1
+  assert 5e-5 < excess < 5e-4
+  np.testing.assert_allclose(mf.depth_scales("hard_tanh", sw, sb)[1], 2 / excess, rtol=1e-2)
+  assert 1 - 1e-4 < mf.c_star("hard_tanh", sw, sb) < 1 - 1e-10
+
+
 def test_odd_phi_without_bias_decorrelates_completely():
   np.testing.assert_allclose(mf.c_star("tanh", 2.0, 0.0), 0.0, atol=1e-15)
 
