@@ -1,0 +1,1 @@
+"""Timing benchmarks of the isometry library (not part of the installed package)."""

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Time of the theory code: the free-probability density and the Monte-Carlo Jacobian spectrum.
+
+  - `isometry.freeprob.jacobian_spectral_density` for tanh at the critical point with q* = 1
+    (`meanfield.critical_point`), depth 32, orthogonal weights, on the 1000-point
+    `freeprob.spectral_grid` below the spectral edge: the first call (compilation included)
+    and the median of the calls after it.
+  - `isometry.jacobian.jacobian_squared_singular_values` at the same point, width 1000, depth
+    128, one network (float64: 128 QR draws, 128 products 1000 x 1000 x 1000 and one SVD).
+
+The float64 1000 x 1000 matmul rate is measured in the same run for scale. Writes
+results/benchmarks/theory.json.
+
+  python benchmarks/theory.py
+  python benchmarks/theory.py --repeats 1 --width 200 --out /tmp/theory.json
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from benchmarks import common
+
+
+def _times(fn, repeats: int) -> dict:
+  """First call (compile + run) and the median / all of `repeats` calls after it, seconds."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  after = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    after.append(time.perf_counter() - start)
+  return {"first_call_s": round(first, 4), "median_s": round(statistics.median(after), 4),
+          "min_s": round(min(after), 4), "calls_s": [round(t, 4) for t in after]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--grid", type=int, default=1000, help="points of the density's grid")
+  p.add_argument("--density_depth", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=5, help="density calls after the first")
+  p.add_argument("--width", type=int, default=1000)
+  p.add_argument("--depth", type=int, default=128)
+  p.add_argument("--jacobian_repeats", type=int, default=2,
+                 help="Monte-Carlo spectrum calls after the first")
+  p.add_argument("--max_load", type=float, default=2.0)
+  p.add_argument("--wait_s", type=float, default=0.0)
+  p.add_argument("--out", default=os.path.join(common.RESULTS, "theory.json"))
+  a = p.parse_args(argv)
+  if min(a.grid - 1, a.density_depth, a.repeats, a.width, a.depth, a.jacobian_repeats) < 1:
+    p.error("--grid must be >= 2 and the other sizes >= 1")
+  return a
+
+
+def main(argv=None) -> dict:
+  a = parse_args(argv)
+  quiet = common.wait_for_quiet(a.max_load, a.wait_s)
+  import jax
+  import numpy as np
+  from isometry import freeprob
+  from isometry import io
+  from isometry import jacobian
+  from isometry import meanfield
+
+  sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", 1.0))
+  edge = freeprob.max_squared_singular_value("tanh", sigma_w, sigma_b, a.density_depth,
+                                             "orthogonal")
+  grid = freeprob.spectral_grid(edge, a.grid)
+  last = {}
+
+  def density():
+    last["density"] = freeprob.jacobian_spectral_density(
+        "tanh", sigma_w, sigma_b, a.density_depth, "orthogonal", grid)
+
+  density_times = _times(density, a.repeats)
+  result_density = last["density"]
+  print(f"density: {density_times}", file=sys.stderr, flush=True)
+
+  key = jax.random.key(0)
+
+  def spectrum():
+    last["spectrum"] = jacobian.jacobian_squared_singular_values(
+        key, "tanh", "orthogonal", sigma_w, sigma_b, a.depth, a.width, 1)
+
+  spectrum_times = _times(spectrum, a.jacobian_repeats)
+  print(f"spectrum: {spectrum_times}", file=sys.stderr, flush=True)
+  n = 1000
+  with jax.enable_x64(True):
+    rates = common.matmul_rates(sizes=(n,), repeats=3, dtype="float64")
+  matmul_flops = 2 * a.depth * a.width**3
+
+  result = {
+      "benchmark": "theory timings", "machine": common.machine_info(),
+      "load_at_start": quiet["load"], "quiet_at_start": quiet["quiet"], "max_load": a.max_load,
+      "spectral_density": {
+          "call": "freeprob.jacobian_spectral_density('tanh', sigma_w, sigma_b, "
+                  f"{a.density_depth}, 'orthogonal', spectral_grid(edge, {a.grid}))",
+          "sigma_w": sigma_w, "sigma_b": sigma_b, "q_star": 1.0, "grid_points": a.grid,
+          "depth": a.density_depth, **density_times, "target_s": 0.1,
+          "max_residual": float(np.max(result_density.residual)),
+      },
+      "jacobian_spectrum": {
+          "call": "jacobian.jacobian_squared_singular_values(key, 'tanh', 'orthogonal', "
+                  f"sigma_w, sigma_b, {a.depth}, {a.width}, 1)",
+          "width": a.width, "depth": a.depth, "num_networks": 1, "dtype": "float64",
+          **spectrum_times,
+          "layer_product_gflops": round(matmul_flops / spectrum_times["median_s"] / 1e9, 2),
+          "note": "layer_product_gflops counts only the depth products W_l @ J (2 N^3 each); "
+                  "the QR draws of the orthogonal weights and the final SVD are extra work",
+          "squared_singular_values_range": [float(np.min(last["spectrum"])),
+                                            float(np.max(last["spectrum"]))],
+      },
+      "matmul_rate_float64": rates,
+      "load_at_end": common.load_average(),
+  }
+  io.write_json(a.out, result)
+  print(json.dumps({"density_s": density_times["median_s"],
+                    "density_first_call_s": density_times["first_call_s"],
+                    "jacobian_s": spectrum_times["median_s"]}))
+  return result
+
+
+if __name__ == "__main__":
+  main()
