@@ -1,4 +1,4 @@
-"""Mean field checked against closed forms, scipy quadrature, THEORY.md's numbers and Monte-Carlo."""
+"""Mean field against closed forms, scipy quadrature, THEORY.md's numbers and Monte-Carlo."""
 import jax
 import jax.numpy as jnp
 import numpy as np
