@@ -7,6 +7,7 @@ complete file or the new complete file.
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import Any, Iterator
 
@@ -37,12 +38,21 @@ def _to_builtin(value: Any) -> Any:
   raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+# A list of numbers only (no nested list or object), as json.dump(indent=...) lays it out.
+_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+|NaN|-?Infinity)(\s*,\s*(-?[\d.eE+-]+|NaN|-?Infinity))*\s*\]")
+
+
 def write_json(path: str, data: Any) -> None:
-  """Writes `data` as indented JSON, converting numpy and jax arrays to lists; atomic."""
+  """Writes `data` as JSON, atomically, converting numpy and jax arrays to lists.
+
+  Objects are indented for reading; lists of numbers stay on one line each, so a grid of
+  thousands of values costs one line, not thousands.
+  """
+  text = json.dumps(data, indent=1, default=_to_builtin, allow_nan=True)
+  text = _NUMBER_LIST.sub(lambda match: re.sub(r"\s+", "", match.group(0)), text)
   with atomic_path(path) as tmp:
     with open(tmp, "w") as f:
-      json.dump(data, f, indent=1, default=_to_builtin, allow_nan=True)
-      f.write("\n")
+      f.write(text + "\n")
 
 
 def read_json(path: str) -> Any:

@@ -1,0 +1,25 @@
+import json
+
+import numpy as np
+import pytest
+
+from isometry import io
+
+
+def test_write_json_round_trips_arrays_and_keeps_number_lists_on_one_line(tmp_path):
+  path = tmp_path / "a.json"
+  data = {"grid": np.linspace(0, 1, 1000), "nested": {"x": [1, [2, 3]], "bad": [np.nan, -np.inf]}}
+  io.write_json(str(path), data)
+  back = io.read_json(str(path))
+  np.testing.assert_array_equal(back["grid"], data["grid"])
+  assert back["nested"]["x"] == [1, [2, 3]] and np.isnan(back["nested"]["bad"][0])
+  assert len(path.read_text().splitlines()) < 20
+
+
+def test_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+  path = tmp_path / "a.json"
+  io.write_json(str(path), {"epoch": 1})
+  with pytest.raises(TypeError):
+    io.write_json(str(path), {"epoch": 2, "oops": object()})
+  assert json.loads(path.read_text()) == {"epoch": 1}
+  assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
