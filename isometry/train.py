@@ -61,7 +61,6 @@ from isometry import regularizers
 
 NUM_CLASSES = 10
 MODELS = ("rnn", "lstm", "mlp")
-TASKS = ("row", "pixel", "permuted")
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 # JSON keeps the gradient norm through time at most at this many time steps (all of them in
 # spectra.npz), so pixel-by-pixel runs (T = 784) keep metrics.json small.
@@ -171,8 +170,10 @@ def _check(condition: bool, message: str) -> None:
 
 def _validate(c: TrainConfig) -> None:
   _check(c.model in MODELS, f"unknown model {c.model!r}; choose one of {', '.join(MODELS)}")
-  _check(c.model == "mlp" or c.task in TASKS,
-         f"unknown task {c.task!r}; choose one of {', '.join(TASKS)}")
+  _check(c.dataset in data.NAMES,
+         f"unknown dataset {c.dataset!r}; choose one of {', '.join(data.NAMES)}")
+  _check(c.model == "mlp" or c.task in data.TASKS,
+         f"unknown task {c.task!r}; choose one of {', '.join(data.TASKS)}")
   for name in ("hidden", "batch_size", "epochs", "unroll", "val_size", "eval_batch_size"):
     _check(getattr(c, name) > 0, f"{name} must be > 0, got {getattr(c, name)}")
   _check(c.max_train_examples is None or c.max_train_examples > 0,
@@ -752,10 +753,16 @@ def _save_spectra(path: str, config: TrainConfig, initial: dict, history: list) 
       np.savez_compressed(f, **arrays)
 
 
+def _comparable(config_dict: dict) -> dict:
+  """The config as compared on resume: all of it but the epoch count, which may grow."""
+  return {k: v for k, v in config_dict.items() if k != "epochs"}
+
+
 def _save_checkpoint(path: str, config: TrainConfig, states, initial: dict, history: list,
                      epoch_seconds: list) -> None:
-  leaves = jax.tree.leaves(jax.device_get(states))
-  arrays = {f"state/{i}": np.asarray(x) for i, x in enumerate(leaves)}
+  # Without the padding members, so a run can resume on another number of devices.
+  leaves = jax.tree.leaves(_strip(states, len(config.members)))
+  arrays = {f"state/{i}": x for i, x in enumerate(leaves)}
   arrays.update(_flatten_dict({"initial": initial}))
   if history:
     arrays.update(_flatten_dict({"history": _stack_history(history)}))
@@ -769,18 +776,25 @@ def _save_checkpoint(path: str, config: TrainConfig, states, initial: dict, hist
 
 def _check_checkpoint_config(path: str, config: TrainConfig) -> None:
   with np.load(path) as f:
-    written = str(f["config"])
-  if written != json.dumps(config.to_dict(), sort_keys=True):
+    written = json.loads(str(f["config"]))
+  # Through JSON both sides, so tuples and lists compare equal.
+  if _comparable(written) != _comparable(json.loads(json.dumps(config.to_dict()))):
     raise SetupError(f"{path} was written by a different config; remove it or drop resume")
 
 
 def _load_checkpoint(path: str, config: TrainConfig, states_like):
+  """Reads a checkpoint into the structure (and padded member count) of `states_like`."""
   _check_checkpoint_config(path, config)
   with np.load(path) as f:
     arrays = {k: f[k] for k in f.files}
   treedef = jax.tree.structure(states_like)
-  leaves = [arrays[f"state/{i}"] for i in range(treedef.num_leaves)]
-  states = jax.tree.unflatten(treedef, leaves)
+  num_padded = jax.tree.leaves(states_like)[0].shape[0]
+
+  def pad(x):
+    return np.concatenate([x, np.repeat(x[-1:], num_padded - len(x), axis=0)])
+
+  states = jax.tree.unflatten(treedef, [pad(arrays[f"state/{i}"])
+                                        for i in range(treedef.num_leaves)])
   nested = _unflatten_dict({k: v for k, v in arrays.items()
                             if k.startswith(("initial/", "history/"))})
   epochs = int(arrays["epoch"])
@@ -839,7 +853,8 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
   Args:
     config: the sweep.
     out_dir: results folder (created).
-    resume: continue from out_dir/checkpoint.npz if it exists (same config required).
+    resume: continue from out_dir/checkpoint.npz if it exists; the config must be the same
+      but for `epochs`, which may be raised to extend a finished run.
     dataset: optional preloaded data (see `prepare_arrays`); default loads config.dataset.
     callback: called as callback(epoch, epoch_outputs) after each epoch's files are written;
       returning True stops the run as an interruption would (status "interrupted").
@@ -850,8 +865,8 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
     The final metrics.json content.
 
   Raises:
-    SetupError: bad data for this config (missing files, too few examples), found before
-      anything is written.
+    SetupError: bad data for this config (missing files, too few examples) or a checkpoint of
+      another config, found before anything is written.
   """
   try:
     host = prepare_arrays(config, dataset)

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 from scipy import stats
 
@@ -89,6 +90,7 @@ def plot_singular_values(metrics: dict, path: str) -> None:
     ax.axhline(gain, color="black", linestyle="--", alpha=0.3)
     ax.set_title(f"{label} ({len(members)} seeds)", fontsize=9)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   for ax in axes[:, 0]:
     ax.set_ylabel("singular values")
   for ax in list(axes.flat)[len(groups):]:
@@ -115,6 +117,7 @@ def plot_curves(metrics: dict, path: str) -> None:
       ax.fill_between(epochs, mean - half, mean + half, color=colors(c % 10), alpha=0.2)
     ax.set_title(title)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
   axes[0, 0].legend(fontsize=7, loc="best")
   fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
   fig.tight_layout()

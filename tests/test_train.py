@@ -176,6 +176,10 @@ def test_interrupt_then_resume_matches_uninterrupted_run(reference, dataset, tmp
     assert got["status"] == want["status"]
     # Same program, same inputs, same device: bitwise equal.
     np.testing.assert_array_equal(_numbers(got), _numbers(want))
+  # A finished run extends to more epochs; the first two stay as they were.
+  extended = train.run(_config(epochs=3), out, dataset=dataset, plots=False, resume=True)
+  assert [len(m["epochs"]) for m in extended["members"]] == [3, 3, 3]
+  assert extended["members"][0]["epochs"][:2] == resumed["members"][0]["epochs"]
 
 
 def test_resume_refuses_a_different_config(reference, dataset):
@@ -187,7 +191,7 @@ def test_resume_refuses_a_different_config(reference, dataset):
 
 
 _FOUR_DEVICES = """
-import json, sys
+import sys
 import numpy as np
 import jax
 from isometry import data, io, train
@@ -195,28 +199,33 @@ assert jax.local_device_count() == 4, jax.devices()
 arrays = np.load(sys.argv[1])
 dataset = data.Dataset(*(arrays[k] for k in data.Dataset._fields))
 config = train.TrainConfig.from_dict(io.read_json(sys.argv[2]))
-train.run(config, sys.argv[3], dataset=dataset, plots=False)
+for out in sys.argv[3:]:
+  train.run(config, out, dataset=dataset, plots=False, resume=True)
 """
 
 
 def test_four_devices_equal_one_device(reference, dataset, tmp_path):
-  """3 members padded to 4 and sharded over 4 CPU devices give the 1-device metrics."""
+  """3 members padded to 4 and sharded over 4 CPU devices give the 1-device metrics, both
+  from scratch and resuming a 1-device checkpoint."""
   data_path = str(tmp_path / "data.npz")
   np.savez(data_path, **dataset._asdict())
-  out = str(tmp_path / "out")
+  fresh, resumed = str(tmp_path / "fresh"), str(tmp_path / "resumed")
+  train.run(_config(), resumed, dataset=dataset, plots=False,
+            callback=lambda epoch, outputs: epoch == 1)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   result = subprocess.run(
       [sys.executable, "-c", _FOUR_DEVICES, data_path,
-       os.path.join(reference["dir"], "config.json"), out],
+       os.path.join(reference["dir"], "config.json"), fresh, resumed],
       env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  status = io.read_json(os.path.join(out, "status.json"))
-  assert status["num_devices"] == 4 and status["status"] == "done"
-  metrics = io.read_json(os.path.join(out, "metrics.json"))
-  for got, want in zip(metrics["members"], reference["metrics"]["members"]):
-    assert got["status"] == want["status"]
-    _assert_members_close(got, want, rtol=1e-4)
+  for out in (fresh, resumed):
+    status = io.read_json(os.path.join(out, "status.json"))
+    assert status["num_devices"] == 4 and status["status"] == "done"
+    metrics = io.read_json(os.path.join(out, "metrics.json"))
+    for got, want in zip(metrics["members"], reference["metrics"]["members"]):
+      assert got["status"] == want["status"]
+      _assert_members_close(got, want, rtol=1e-4)
 
 
 def test_mlp_depths_share_one_program(dataset, tmp_path):
