@@ -86,6 +86,21 @@ def _check(activation, sigma_w, sigma_b, depth, weights) -> Activation:
   return act
 
 
+def fixed_point_variance(act: Activation, sigma_w, sigma_b) -> float:
+  """q*, or 1 for relu/linear where q* is not unique or finite.
+
+  The law of phi'(h)**2 of a positively homogeneous phi (relu, linear) does not depend on the
+  variance of h, so any q gives the same spectrum; on their critical line (sigma_b = 0) every q
+  is a fixed point and `meanfield.q_star` refuses to pick one.
+  """
+  if act.name in ("relu", "linear"):
+    try:
+      return float(meanfield.q_star(act, sigma_w, sigma_b))
+    except ValueError:
+      return 1.0
+  return float(meanfield.q_star(act, sigma_w, sigma_b))
+
+
 def _w_shift(weights: str) -> float:
   """s_1 in S_{W^T W}(m) = sigma_w**-2 (1 + s_1 m + ...): 0 orthogonal, -1 Gaussian."""
   return 0.0 if weights == "orthogonal" else -1.0
@@ -110,7 +125,7 @@ def jacobian_moments(activation, sigma_w, sigma_b, depth, weights):
     networks", eqs. (15)-(16); the same follows from expanding the S-transform product above.
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
-  q = meanfield.q_star(act, sigma_w, sigma_b)
+  q = fixed_point_variance(act, sigma_w, sigma_b)
   mu1, mu2 = meanfield.mu(act, q, 1), meanfield.mu(act, q, 2)
   mean = float((sigma_w**2 * mu1) ** depth)
   variance = float(depth * mean**2 * (mu2 / mu1**2 - 1.0 - _w_shift(weights)))
@@ -272,7 +287,7 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
   lambdas = np.asarray(lambdas, dtype=np.float64)
   if lambdas.ndim != 1 or lambdas.size < 2 or np.any(lambdas <= 0) or np.any(np.diff(lambdas) <= 0):
     raise ValueError("lambdas must be a 1-d ascending grid of positive values")
-  q = float(meanfield.q_star(act, sigma_w, sigma_b))
+  q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
   mean, variance = jacobian_moments(act, sigma_w, sigma_b, depth, weights)
   with jax.enable_x64(True):
@@ -296,7 +311,7 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
   at chi = 1 the large-L law e L (1 - p) / p.
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
-  q = float(meanfield.q_star(act, sigma_w, sigma_b))
+  q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
   d_max = 1.0 if law.h.size == 0 else float(law.d.max())
   with jax.enable_x64(True):

@@ -101,7 +101,7 @@ def compare(config: SpectraConfig, weights: str, depth: int, key) -> dict:
   return {
       "activation": act, "weights": weights, "depth": depth,
       "sigma_w": sigma_w, "sigma_b": sigma_b,
-      "q_star": float(meanfield.q_star(act, sigma_w, sigma_b)),
+      "q_star": freeprob.fixed_point_variance(get_activation(act), sigma_w, sigma_b),
       "chi": float(meanfield.chi(act, sigma_w, sigma_b)),
       "width": config.width, "num_networks": config.num_networks,
       "theory": {

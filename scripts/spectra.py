@@ -9,11 +9,17 @@ and spectra.png into --out_dir.
   python scripts/spectra.py --q_star=0.015625 --depths=2,32,128
   python scripts/spectra.py --sigma_w=1.2 --sigma_b=0.1 --weights=orthogonal
 """
+import os
 import sys
 
-from absl import app, flags, logging
+# jax's CPU QR and SVD call OpenBLAS's LAPACK, whose threads fight XLA's for the cores: at
+# N = 1000 a QR took 4.4 s with OpenBLAS's default threads and 0.6 s with one (2-core machine,
+# loaded). Must be set before numpy/jax load OpenBLAS; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from isometry import spectra
+from absl import app, flags, logging  # noqa: E402
+
+from isometry import spectra  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("activation", "tanh", "tanh, hard_tanh, relu, erf or linear.")
