@@ -53,6 +53,7 @@ _DELTA0 = 0.1            # relative height of the march along the grid
 _DELTA_MIN = 1e-6        # relative height of the final density
 _LEVELS = 10             # vertical continuation levels from delta0 to delta_min
 _NEWTON = 3              # Newton iterations per level / grid point
+_MAX_LOG10_SCALE = 250   # |log10 chi**L| beyond this leaves no float64 room for the spread
 _BACKTRACK = 8           # step halvings before a Newton step is refused
 
 
@@ -127,7 +128,13 @@ def jacobian_moments(activation, sigma_w, sigma_b, depth, weights):
   act = _check(activation, sigma_w, sigma_b, depth, weights)
   q = fixed_point_variance(act, sigma_w, sigma_b)
   mu1, mu2 = meanfield.mu(act, q, 1), meanfield.mu(act, q, 2)
-  mean = float((sigma_w**2 * mu1) ** depth)
+  log10_mean = depth * np.log10(sigma_w**2 * mu1)
+  if abs(log10_mean) > _MAX_LOG10_SCALE:
+    raise ValueError(
+        f"chi**L = 10**{log10_mean:.0f} at chi = {sigma_w**2 * mu1:.4g}, L = {depth}: the spectrum's "
+        f"scale is outside what float64 can represent with its spread; the theory applies, but "
+        f"not in these units (choose a smaller depth or chi closer to 1)")
+  mean = float(10.0**log10_mean)
   variance = float(depth * mean**2 * (mu2 / mu1**2 - 1.0 - _w_shift(weights)))
   return mean, variance
 
@@ -311,6 +318,7 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
   at chi = 1 the large-L law e L (1 - p) / p.
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
+  jacobian_moments(act, sigma_w, sigma_b, depth, weights)  # raises where chi**L overflows
   q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
   d_max = 1.0 if law.h.size == 0 else float(law.d.max())
