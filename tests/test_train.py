@@ -10,6 +10,7 @@ on any real difference (a wrong key, batch order or hyperparameter moves the los
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -337,3 +338,14 @@ def test_setup_errors_before_any_file(dataset, tmp_path):
   with pytest.raises(train.SetupError, match="batch_size"):
     train.run(_config(batch_size=1000), str(out), dataset=dataset, plots=False)
   assert not out.exists()
+
+
+def test_signals_request_a_stop_then_force_it():
+  previous = signal.getsignal(signal.SIGTERM)
+  with train._StopRequest() as stop:  # pylint: disable=protected-access
+    assert stop.signal is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.signal == "SIGTERM"  # First signal: finish the epoch, then stop.
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)  # Second: stop now.
+  assert signal.getsignal(signal.SIGTERM) is previous
