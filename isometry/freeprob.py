@@ -51,8 +51,9 @@ NUM_PANELS = 512         # product-integration panels over h in [0, 8 sqrt(q*)]:
 _HALF_WIDTH = 8.0        # Gaussian mass beyond 8 standard deviations: 1.2e-15
 _DELTA0 = 0.1            # relative height of the march along the grid
 _DELTA_MIN = 1e-6        # relative height of the final density
-_LEVELS = 10             # vertical continuation levels from delta0 to delta_min
+_LEVELS = 16             # vertical continuation levels from delta0 to delta_min
 _NEWTON = 3              # Newton iterations per level / grid point
+_POLISH = 12             # further Newton iterations at the final height (narrow spectra need them)
 _MAX_LOG10_SCALE = 250   # |log10 chi**L| beyond this leaves no float64 room for the spread
 _BACKTRACK = 8           # step halvings before a Newton step is refused
 
@@ -220,7 +221,7 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
 
   d_residual = jax.grad(residual, holomorphic=True)
 
-  def newton(m, z):
+  def newton(m, z, iterations=_NEWTON):
     def step(m, _):
       f = residual(m, z)
       direction = -f / d_residual(m, z)
@@ -239,7 +240,7 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
           rejected, halve, (1.0, m + direction, 0))
       return jnp.where(halvings < _BACKTRACK, candidate, m), None
 
-    return jax.lax.scan(step, m, None, length=_NEWTON)[0]
+    return jax.lax.scan(step, m, None, length=iterations)[0]
 
   def descend(lam, m, height_from, height_to, levels):
     def level(m, height):
@@ -259,6 +260,7 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
   def finish(lam, m):
     m = descend(lam, m, _DELTA0 * lam, _DELTA_MIN * lam, _LEVELS)
     z = lam * (1.0 + 1j * _DELTA_MIN)
+    m = newton(m, z, _POLISH)
     return -((1.0 + m) / z).imag / jnp.pi, jnp.abs(residual(m, z))
 
   return jax.vmap(finish)(lambdas, m_tube)
@@ -332,8 +334,15 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
 
 
 def spectral_grid(lambda_max, num=1000, decades=10.0):
-  """Logarithmic grid from lambda_max * 10**-decades to just above lambda_max."""
-  return np.geomspace(lambda_max * 10.0**-decades, lambda_max * 1.02, num)
+  """Grid for the density: half logarithmic over `decades` below lambda_max, half linear.
+
+  The logarithmic half resolves spectra spread over many decades (deep Gaussian networks); the
+  linear half resolves narrow ones (near-isometric orthogonal networks at small q*, whose whole
+  bulk can fit between two points of a 10-decade log grid). Ends just above lambda_max.
+  """
+  bottom, top = lambda_max * 10.0**-decades, lambda_max * 1.02
+  grid = np.concatenate([np.geomspace(bottom, top, num - num // 2), np.linspace(bottom, top, num // 2)])
+  return np.unique(grid)
 
 
 def cumulative_distribution(result: SpectralDensity) -> np.ndarray:
