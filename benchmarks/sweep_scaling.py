@@ -5,12 +5,12 @@ For K in --ks, one `make_train` program trains K RNN members (row-by-row sequenc
 batch 128, orthogonal init, soft-orthogonality penalty, Adam; members differ in gain, learning rate
 and seed) per `run_epoch`. The separate runs use the one-member program of the same config
 (compiled once) called K times, once per member's hyperparameters: the cost of K runs after
-compilation. Both are timed alternately (ABBA) in the same process; as in rnn_step.py, the
-end-of-epoch measurement is timed separately with the program's `measure` and subtracted, so the
-numbers are train steps. Throughput per configuration = members * steps / seconds; the ratio is
-vmapped / separate (> 1: the sweep trains its members faster than running them one by one).
-Compilation is excluded from throughput and reported on its own (separate processes would pay
-it K times). Writes results/benchmarks/sweep_scaling.json.
+compilation. Both are timed alternately (ABBA) in the same process. As in rnn_step.py, the
+end-of-epoch measurement is timed separately with the program's `measure`; train time is the
+median epoch minus the median measurement. Throughput per configuration = members * steps /
+train seconds; the ratio is vmapped / separate (> 1: the sweep trains its members faster than
+running them one by one). Compilation is excluded from throughput and reported on its own
+(separate processes would pay it K times). Writes results/benchmarks/sweep_scaling.json.
 
   python benchmarks/sweep_scaling.py
   python benchmarks/sweep_scaling.py --ks 1,2 --iters 5 --repeats 2 --out /tmp/sweep.json
@@ -86,14 +86,14 @@ def main(argv=None) -> dict:
     return program, arrays, program.init(hparams)
 
   def timed_epoch(program, arrays, states, epoch):
-    """(new states, train seconds): the epoch minus the fastest of 3 measurements."""
+    """(new states, epoch seconds, seconds of the fastest of 3 end-of-epoch measurements)."""
     start = time.perf_counter()
     states, out = program.run_epoch(states, arrays, np.int32(epoch))
     jax.block_until_ready((states, out))
     seconds = time.perf_counter() - start
     measure = min(common.median_time(lambda: jax.block_until_ready(program.measure(
         states, arrays.val, arrays.probe_x, arrays.probe_y)), 1) for _ in range(3))
-    return states, seconds - measure, seconds
+    return states, seconds, measure
 
   def compile_s(program, arrays, states):
     start = time.perf_counter()
@@ -113,35 +113,38 @@ def main(argv=None) -> dict:
   for k in a.ks:
     program, arrays, states = build(all_members[:k])
     states, vmapped_compile = compile_s(program, arrays, states)
-    vmapped, separate, vmapped_raw, separate_raw, loads = [], [], [], [], []
+    # Per repeat: epoch seconds and measurement seconds, vmapped and summed over the K runs.
+    times = {side: {"epoch": [], "measure": []} for side in ("vmapped", "separate")}
+    loads = []
     for r in range(a.repeats):
       for side in (("vmapped", "separate") if r % 2 == 0 else ("separate", "vmapped")):
         if side == "vmapped":
-          states, seconds, raw = timed_epoch(program, arrays, states, r + 1)
-          vmapped.append(seconds)
-          vmapped_raw.append(raw)
+          states, epoch_s, measure_s = timed_epoch(program, arrays, states, r + 1)
         else:
-          total = total_raw = 0.0
+          epoch_s = measure_s = 0.0
           for i in range(k):
-            single_states[i], seconds, raw = timed_epoch(single, single_arrays, single_states[i],
-                                                         r + 1)
-            total += seconds
-            total_raw += raw
-          separate.append(total)
-          separate_raw.append(total_raw)
+            single_states[i], e, m = timed_epoch(single, single_arrays, single_states[i], r + 1)
+            epoch_s += e
+            measure_s += m
+        times[side]["epoch"].append(epoch_s)
+        times[side]["measure"].append(measure_s)
       loads.append(common.load_average()["1min"])
+    # Train seconds: median epoch minus median measurement (robust to a spike in one sample).
+    train_s = {side: statistics.median(t["epoch"]) - statistics.median(t["measure"])
+               for side, t in times.items()}
+    raw_s = {side: statistics.median(t["epoch"]) for side, t in times.items()}
     steps = k * a.iters
     row = {
         "K": k,
-        "vmapped_steps_per_s": round(steps / statistics.median(vmapped), 1),
-        "separate_steps_per_s": round(steps / statistics.median(separate), 1),
-        "ratio": round(statistics.median(separate) / statistics.median(vmapped), 3),
-        "ratio_with_measurement": round(statistics.median(separate_raw)
-                                        / statistics.median(vmapped_raw), 3),
-        "vmapped_ms_per_member_step": round(statistics.median(vmapped) / steps * 1e3, 3),
-        "separate_ms_per_member_step": round(statistics.median(separate) / steps * 1e3, 3),
+        "vmapped_steps_per_s": round(steps / train_s["vmapped"], 1),
+        "separate_steps_per_s": round(steps / train_s["separate"], 1),
+        "ratio": round(train_s["separate"] / train_s["vmapped"], 3),
+        "ratio_with_measurement": round(raw_s["separate"] / raw_s["vmapped"], 3),
+        "vmapped_ms_per_member_step": round(train_s["vmapped"] / steps * 1e3, 3),
+        "separate_ms_per_member_step": round(train_s["separate"] / steps * 1e3, 3),
         "vmapped_compile_s": round(vmapped_compile, 2),
-        "vmapped_s": [round(s, 4) for s in vmapped], "separate_s": [round(s, 4) for s in separate],
+        "samples_s": {side: {kind: [round(v, 4) for v in values] for kind, values in t.items()}
+                      for side, t in times.items()},
         "load_1min_during": loads,
     }
     rows.append(row)
