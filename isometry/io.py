@@ -22,6 +22,10 @@ def atomic_path(path: str) -> Iterator[str]:
   suffix = os.path.splitext(path)[1]
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
   os.close(fd)
+  # mkstemp makes the file private (0600); results are ordinary files, readable as umask allows.
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   try:
     yield tmp
     os.replace(tmp, path)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,3 +24,11 @@ def test_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     io.write_json(str(path), {"epoch": 2, "oops": object()})
   assert json.loads(path.read_text()) == {"epoch": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+  path = tmp_path / "a.json"
+  io.write_json(str(path), {})
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask
