@@ -29,7 +29,7 @@ class SpectraConfig:
   sigma_b: Optional[float] = None
   depths: Tuple[int, ...] = (2, 8, 32, 128)
   width: int = 1000             # N; THEORY.md's checks (KS <= 0.02) were at N = 1000
-  num_networks: int = 4         # independent networks per case: the moment standard errors
+  num_networks: int = 3         # independent networks per case: the moment standard errors
   seed: int = 0
   grid_points: int = 500        # log grid of the predicted density
   grid_decades: float = 10.0    # below ~1e-10 lambda_max float64 eigenvalues are noise

@@ -30,7 +30,7 @@ flags.DEFINE_float("sigma_w", None, "Weight scale (with --sigma_b: a point off t
 flags.DEFINE_float("sigma_b", None, "Bias scale.")
 flags.DEFINE_list("depths", ["2", "8", "32", "128"], "Depths L, comma-separated.")
 flags.DEFINE_integer("width", 1000, "Width N of the sampled networks.")
-flags.DEFINE_integer("samples", 4, "Independent networks per (weights, depth).")
+flags.DEFINE_integer("samples", 3, "Independent networks per (weights, depth).")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("out_dir", "results/spectra", "Where spectra.json and spectra.png go.")
 

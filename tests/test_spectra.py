@@ -19,7 +19,7 @@ def test_run_writes_json_and_png_and_theory_matches_small_networks(tmp_path):
   for case in result["cases"]:
     assert case["chi"] == pytest.approx(1.0, abs=1e-9)
     assert case["theory"]["mean"] == pytest.approx(1.0, abs=1e-9)
-    assert len(case["theory"]["density"]) == 200
+    assert len(case["theory"]["density"]) == len(case["theory"]["lambdas"]) >= 190
     # 128 eigenvalues from width-64 networks: the KS statistic of an i.i.d. sample of that size
     # exceeds 0.15 with probability < 2%, and Jacobian eigenvalues are more regular than i.i.d.;
     # the finite-width bias at N = 64, L = 3 is a few percent (THEORY.md: <= 0.02 at N = 1000).
