@@ -68,11 +68,18 @@ class SpectralDensity(NamedTuple):
       vanishes with probability 1 - p; 0 otherwise). The continuous part integrates to
       1 - point_mass.
     residual: (K,) |F(m)| at the returned root: a solver diagnostic, ~1e-15 when converged.
+    top_mass: mass of the atom at lambda = `top` = sigma_w**(2L): orthogonal weights with
+      Bernoulli(p) D^2 and L (1 - p) < 1 leave a subspace of dimension >= N (1 - L (1 - p)) on
+      which every layer is sigma_w times an isometry (the pole of G at z(m -> inf) = sigma_w**(2L)
+      has residue 1 - L (1 - p)); 0 otherwise. The continuous part integrates to
+      1 - point_mass - top_mass.
   """
   lambdas: np.ndarray
   density: np.ndarray
   point_mass: float
   residual: np.ndarray
+  top_mass: float = 0.0
+  top: float = np.inf
 
 
 def _check(activation, sigma_w, sigma_b, depth, weights) -> Activation:
@@ -305,7 +312,11 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
         variance + mean**2)
     density, residual = np.asarray(density), np.asarray(residual)
   point_mass = 1.0 - law.p if law.h.size == 0 else 0.0
-  return SpectralDensity(lambdas, np.maximum(density, 0.0), point_mass, residual)
+  top_mass = 0.0
+  if law.h.size == 0 and weights == "orthogonal":
+    top_mass = max(0.0, 1.0 - depth * (1.0 - law.p))
+  return SpectralDensity(lambdas, np.maximum(density, 0.0), point_mass, residual, top_mass,
+                         float(sigma_w)**(2 * depth))
 
 
 def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
@@ -314,7 +325,7 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
   Outside the support, z(m) = M_{JJ^T}^{-1}(m) is real for real m > 0, and the edge is its
   minimum: parametrized by real x > max d (so m = M_{D^2}(x) > 0),
   z(x) = x**L m**(L-1) / ((1 + m)**(L-1) S_W(m)**L). The minimum is taken on a fine logarithmic
-  grid of x - max d (a grid minimum of a smooth function: relative error ~1e-7).
+  grid of x - max d (a grid minimum of a smooth function: relative error <= f'' h**2 / 8 ~ 1e-5).
   Closed forms this reproduces (tests): Fuss-Catalan (L + 1)**(L + 1) / L**L for linear Gaussian
   networks (Pennington et al. 2017, eq. 18), and for orthogonal weights with Bernoulli(p) D^2
   at chi = 1 the large-L law e L (1 - p) / p.
@@ -341,7 +352,8 @@ def spectral_grid(lambda_max, num=1000, decades=10.0):
   bulk can fit between two points of a 10-decade log grid). Ends just above lambda_max.
   """
   bottom, top = lambda_max * 10.0**-decades, lambda_max * 1.02
-  grid = np.concatenate([np.geomspace(bottom, top, num - num // 2), np.linspace(bottom, top, num // 2)])
+  grid = np.concatenate([np.geomspace(bottom, top, num - num // 2),
+                         np.linspace(bottom, top, num // 2 + 2)[1:-1]])
   return np.unique(grid)
 
 
@@ -355,7 +367,8 @@ def cumulative_distribution(result: SpectralDensity) -> np.ndarray:
   from scipy.integrate import cumulative_trapezoid
   log_lam = np.log(result.lambdas)
   above = cumulative_trapezoid((result.density * result.lambdas)[::-1], -log_lam[::-1], initial=0.0)
-  return np.clip(1.0 - above[::-1], 0.0, 1.0)
+  above = above[::-1] + result.top_mass * (result.lambdas < result.top)
+  return np.clip(1.0 - above, 0.0, 1.0)
 
 
 def ks_distance(result: SpectralDensity, samples) -> float:
