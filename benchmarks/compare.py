@@ -5,12 +5,14 @@ Row by row (28 steps of 28 pixels) and pixel by pixel (784 steps of 1 pixel), hi
 128, the same model, loss and optimizer on both sides (benchmarks/rnn_step.py and
 benchmarks/torch_rnn.py). Each side runs in its own worker process, built (compiled, warmed up)
 once; then the repeats alternate ours/torch in ABBA order, so that both see the same machine
-load, and the medians are compared. The same run measures jax's 128x128 and 2048x2048 float32
-matmul rates, against which the analytic matmul FLOPs of a step (common.rnn_step_flops) put the
+load. A step's time differs between processes more than within one, so this is done with
+--processes fresh pairs in turn and the medians are taken over all their samples (each pair's
+medians are kept as well). The same run measures jax's 128x128 and 2048x2048 float32 matmul
+rates, against which the analytic matmul FLOPs of a step (common.rnn_step_flops) put the
 achieved rate. Writes results/benchmarks/rnn_step.json.
 
   python benchmarks/compare.py                      # the defaults below
-  python benchmarks/compare.py --repeats 3 --pixel_repeats 2 --out /tmp/rnn_step.json
+  python benchmarks/compare.py --processes 1 --repeats 3 --pixel_repeats 2 --out /tmp/x.json
 
 Needs the `bench` extra (torch).
 """
@@ -59,8 +61,8 @@ class Worker:
       self.process.wait(timeout=60)
 
 
-def interleaved(kwargs: dict, repeats: int, threads: int) -> dict:
-  """Builds both sides, then times them alternately (ABBA); medians and every sample."""
+def _interleaved_pair(kwargs: dict, repeats: int, threads: int) -> tuple:
+  """One fresh pair of workers, timed alternately (ABBA): (samples per impl, loads, setup)."""
   workers = {}
   try:
     # One at a time, so that one side's compilation does not load the other's warm-up.
@@ -77,29 +79,53 @@ def interleaved(kwargs: dict, repeats: int, threads: int) -> dict:
   finally:
     for worker in workers.values():
       worker.close()
-  # Ours: median epoch minus median measurement, so that a load spike in either one sample
-  # shifts a median by little (subtracting per sample would let it shift that sample fully).
-  medians = {"ours": (statistics.median(s["epoch_s"] for s in samples["ours"])
-                      - statistics.median(s["measure_s"] for s in samples["ours"]))
-                     / kwargs["iters"],
-             "torch": statistics.median(s["step_s"] for s in samples["torch"])}
+  return samples, loads, {impl: round(w.setup_s, 2) for impl, w in workers.items()}
+
+
+def _step_s(samples: dict, iters: int) -> dict:
+  """Median seconds per step. Ours: median epoch minus median measurement, so that a load
+  spike in one sample shifts a median by little (per-sample subtraction would shift it fully)."""
+  return {"ours": (statistics.median(s["epoch_s"] for s in samples["ours"])
+                   - statistics.median(s["measure_s"] for s in samples["ours"])) / iters,
+          "torch": statistics.median(s["step_s"] for s in samples["torch"])}
+
+
+def interleaved(kwargs: dict, repeats: int, threads: int, processes: int) -> dict:
+  """`processes` fresh worker pairs one after the other, each timed `repeats` times per side.
+
+  A step's time varies between processes more than within one (thread placement, memory
+  layout), so the samples of all pairs are pooled; each pair's medians are kept too.
+  """
+  iters = kwargs["iters"]
+  pooled = {"ours": [], "torch": []}
+  per_process, loads, setups = [], [], []
+  for _ in range(processes):
+    samples, pair_loads, setup = _interleaved_pair(kwargs, repeats, threads)
+    for impl in pooled:
+      pooled[impl].extend(samples[impl])
+    step = _step_s(samples, iters)
+    per_process.append({impl: round(v * 1e3, 3) for impl, v in step.items()})
+    loads.extend(pair_loads)
+    setups.append(setup)
+  medians = _step_s(pooled, iters)
   return {
       "step_ms": {impl: round(m * 1e3, 3) for impl, m in medians.items()},
       "speedup": round(medians["torch"] / medians["ours"], 3),
-      "samples_ms": {impl: [round(s["step_s"] * 1e3, 3) for s in samples[impl]]
-                     for impl in samples},
+      "per_process_step_ms": per_process,
+      "per_process_speedup": [round(p["torch"] / p["ours"], 3) for p in per_process],
+      "samples_ms": {impl: [round(s["step_s"] * 1e3, 3) for s in pooled[impl]]
+                     for impl in pooled},
       # Process CPU time per step (all threads, spinning included): less inflated than wall
       # time by a busy machine. Ours includes the end-of-epoch measurement.
       "cpu_ms_per_step": {
-          "ours": round(statistics.median(s["epoch_cpu_s"] for s in samples["ours"])
-                        / kwargs["iters"] * 1e3, 3),
-          "torch": round(statistics.median(s["cpu_s"] for s in samples["torch"]) * 1e3, 3)},
-      "ours_epoch_ms_per_step": [round(s["epoch_s"] / kwargs["iters"] * 1e3, 3)
-                                 for s in samples["ours"]],
-      "ours_measure_ms": [round(s["measure_s"] * 1e3, 3) for s in samples["ours"]],
-      "setup_s": {impl: round(w.setup_s, 2) for impl, w in workers.items()},
+          "ours": round(statistics.median(s["epoch_cpu_s"] for s in pooled["ours"])
+                        / iters * 1e3, 3),
+          "torch": round(statistics.median(s["cpu_s"] for s in pooled["torch"]) * 1e3, 3)},
+      "ours_epoch_ms_per_step": [round(s["epoch_s"] / iters * 1e3, 3) for s in pooled["ours"]],
+      "ours_measure_ms": [round(s["measure_s"] * 1e3, 3) for s in pooled["ours"]],
+      "setup_s": setups,
       "load_1min_during": loads,
-      "iters_per_repeat": kwargs["iters"], "repeats": repeats,
+      "iters_per_repeat": iters, "repeats_per_process": repeats, "processes": processes,
   }
 
 
@@ -111,9 +137,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--gain", type=float, default=1.0)
   p.add_argument("--lam", type=float, default=0.1)
   p.add_argument("--row_iters", type=int, default=50, help="steps per row repeat")
-  p.add_argument("--repeats", type=int, default=7, help="row repeats per side")
+  p.add_argument("--repeats", type=int, default=5, help="row repeats per side and process")
   p.add_argument("--pixel_iters", type=int, default=4, help="steps per pixel repeat")
-  p.add_argument("--pixel_repeats", type=int, default=4, help="pixel repeats per side")
+  p.add_argument("--pixel_repeats", type=int, default=3,
+                 help="pixel repeats per side and process")
+  p.add_argument("--processes", type=int, default=3,
+                 help="fresh worker pairs per task, run one after the other; samples are pooled")
   p.add_argument("--threads", type=int, default=0,
                  help="CPUs per side (torch threads, XLA's pinned CPUs); 0: the defaults")
   p.add_argument("--max_load", type=float, default=2.0,
@@ -121,7 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--wait_s", type=float, default=0.0)
   p.add_argument("--out", default=os.path.join(common.RESULTS, "rnn_step.json"))
   a = p.parse_args(argv)
-  for name in ("hidden", "batch", "row_iters", "repeats", "pixel_iters", "pixel_repeats"):
+  for name in ("hidden", "batch", "row_iters", "repeats", "pixel_iters", "pixel_repeats",
+               "processes"):
     if getattr(a, name) < 1:
       p.error(f"--{name} must be >= 1")
   return a
@@ -149,9 +179,9 @@ def main(argv=None) -> dict:
                                       ("pixel", 784, a.pixel_iters, a.pixel_repeats)):
     kwargs = {"steps_per_seq": steps, "hidden": a.hidden, "batch": a.batch, "gain": a.gain,
               "lam": a.lam, "iters": iters}
-    print(f"{task}: building and timing ({repeats} repeats of {iters} steps per side)",
+    print(f"{task}: {a.processes} x (build, then {repeats} repeats of {iters} steps per side)",
           file=sys.stderr, flush=True)
-    entry = interleaved(kwargs, repeats, a.threads)
+    entry = interleaved(kwargs, repeats, a.threads, a.processes)
     flops = common.rnn_step_flops(steps, a.hidden, a.batch)
     entry["matmul_flops_per_step"] = flops
     entry["gflops"] = {impl: round(flops["total"] / (ms * 1e-3) / 1e9, 2)
