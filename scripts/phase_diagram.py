@@ -10,11 +10,11 @@ with status 2 and a one-line message.
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from isometry import cli
 from isometry import phase_diagram
 from isometry.activations import ACTIVATIONS
 
@@ -31,31 +31,18 @@ flags.DEFINE_integer("grid", _DEFAULTS.grid, "Grid points per axis.")
 flags.DEFINE_string("out_dir", "results/phase_diagram", "Results folder.")
 
 
-def _fail(message) -> None:
-  print(f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(message).split())}",
-        file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(e)
-
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   config = phase_diagram.PhaseDiagramConfig(
       activation=FLAGS.activation, sigma_w2_max=FLAGS.sigma_w2_max,
       sigma_b2_max=FLAGS.sigma_b2_max, grid=FLAGS.grid)
   try:
     config.validate()
   except ValueError as e:
-    _fail(e)
+    cli.fail(e)
   phase_diagram.run(config, FLAGS.out_dir)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

@@ -10,16 +10,15 @@ and spectra.png into --out_dir.
   python scripts/spectra.py --sigma_w=1.2 --sigma_b=0.1 --weights=orthogonal
 """
 import os
-import sys
 
 # jax's CPU QR and SVD call OpenBLAS's LAPACK, whose threads fight XLA's for the cores: at
 # N = 1000 a QR took 4.4 s with OpenBLAS's default threads and 0.6 s with one (2-core machine,
 # loaded). Must be set before numpy/jax load OpenBLAS; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from isometry import spectra  # noqa: E402
+from isometry import cli, spectra  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("activation", "tanh", "tanh, hard_tanh, relu, erf or linear.")
@@ -46,12 +45,11 @@ def main(argv):
         num_networks=FLAGS.samples, seed=FLAGS.seed)
     config.scales()
   except ValueError as e:
-    print(f"spectra.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   result = spectra.run(config, FLAGS.out_dir)
   worst = max(case["ks_distance"] for case in result["cases"])
   logging.info("wrote %s/spectra.json and spectra.png (largest KS distance %.4f)", FLAGS.out_dir, worst)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

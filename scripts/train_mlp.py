@@ -14,12 +14,12 @@ List flags are comma-separated. Bad flags exit with status 2 and a one-line mess
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import activations
+from isometry import cli
 from isometry import data
 from isometry import regularizers
 from isometry import train
@@ -53,18 +53,6 @@ flags.DEFINE_boolean("resume", False, "Continue from out_dir/checkpoint.npz if p
 flags.mark_flag_as_required("out_dir")
 
 
-def _fail(message: str) -> None:
-  print(f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(message).split())}",
-        file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(e)
-
 
 def _numbers(name: str, kind=float) -> tuple:
   try:
@@ -87,17 +75,16 @@ def _config() -> train.TrainConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   try:
     config = _config()
   except ValueError as e:
-    _fail(e)
+    cli.fail(e)
   try:
     train.run(config, FLAGS.out_dir, resume=FLAGS.resume)
   except train.SetupError as e:
-    _fail(e)
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

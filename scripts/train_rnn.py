@@ -15,11 +15,11 @@ List flags are comma-separated. Bad flags exit with status 2 and a one-line mess
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from isometry import cli
 from isometry import constraints
 from isometry import data
 from isometry import initializers
@@ -69,18 +69,6 @@ flags.mark_flag_as_required("out_dir")
 _PRESET_SETS = ("init", "gains", "reg_strengths", "gain_adjusted")
 
 
-def _fail(message: str) -> None:
-  print(f"{os.path.basename(sys.argv[0])}: error: {' '.join(str(message).split())}",
-        file=sys.stderr)
-  sys.exit(2)
-
-
-def _parse_flags(argv):
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    _fail(e)
-
 
 def _floats(name: str) -> tuple:
   try:
@@ -112,17 +100,16 @@ def _config() -> train.TrainConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv
   try:
     config = _config()
   except ValueError as e:
-    _fail(e)
+    cli.fail(e)
   try:
     train.run(config, FLAGS.out_dir, resume=FLAGS.resume)
   except train.SetupError as e:
-    _fail(e)
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  cli.run(main)

@@ -34,6 +34,8 @@ def test_run_writes_json_and_png_and_theory_matches_small_networks(tmp_path):
     (["--sigma_w=-1", "--sigma_b=0"], "sigma_w"),
     (["--sigma_w=1"], "both sigma_w and sigma_b"),
     (["--q_star=-1"], "q_star"),
+    (["--width=abc"], "width"),
+    (["--weights=uniform"], "weights"),
 ])
 def test_script_rejects_bad_input_with_one_line_and_exit_2(flags, message, tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "spectra.py"),
