@@ -1,0 +1,60 @@
+"""mean_ci against values computed by hand (t quantiles from tables) and scipy.stats.t.interval."""
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from isometry import stats
+
+# Student-t quantiles t_{0.975, df} from a table, to 10 digits (hence rel=1e-9 below).
+T_975_DF4 = 2.776445105
+T_975_DF1 = 12.70620474
+T_975_DF9 = 2.262157163
+
+
+def test_five_samples_by_hand():
+  # mean 3, s^2 = (4 + 1 + 0 + 1 + 4) / 4 = 2.5, half-width t * sqrt(2.5 / 5).
+  mean, half = stats.mean_ci(np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+  assert mean == pytest.approx(3.0, abs=1e-15)
+  assert half == pytest.approx(T_975_DF4 * np.sqrt(0.5), rel=1e-9)
+  assert mean.shape == half.shape == ()
+
+
+def test_two_samples_and_other_level_by_hand():
+  # n = 2: s = |a - b| / sqrt(2), half = t_{0.975,1} * |a - b| / 2.
+  _, half = stats.mean_ci([0.0, 2.0])
+  assert half == pytest.approx(T_975_DF1, rel=1e-9)
+  # 90% level (t_{0.95, 9}), n = 10, values 0..9: s^2 = 82.5 / 9.
+  x = np.arange(10.0)
+  _, half90 = stats.mean_ci(x, level=0.90)
+  assert half90 == pytest.approx(1.833112933 * np.sqrt(82.5 / 9 / 10), rel=1e-9)
+  _, half95 = stats.mean_ci(x)
+  assert half95 == pytest.approx(T_975_DF9 * np.sqrt(82.5 / 9 / 10), rel=1e-9)
+
+
+def test_axis_and_nan_against_scipy():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(7, 3, 4))
+  x[2, 1, 0] = np.nan  # That cell then has 6 samples.
+  mean, half = stats.mean_ci(x, axis=0)
+  assert mean.shape == half.shape == (3, 4)
+  for i in range(3):
+    for j in range(4):
+      column = x[:, i, j][~np.isnan(x[:, i, j])]
+      low, high = scipy_stats.t.interval(0.95, len(column) - 1, loc=column.mean(),
+                                         scale=scipy_stats.sem(column))
+      assert mean[i, j] == pytest.approx(column.mean(), rel=1e-12)
+      assert half[i, j] == pytest.approx((high - low) / 2, rel=1e-10)
+  mean1, half1 = stats.mean_ci(np.moveaxis(x, 0, 1), axis=1)
+  np.testing.assert_allclose(mean1, mean, rtol=1e-12)
+  np.testing.assert_allclose(half1, half, rtol=1e-12)
+
+
+def test_too_few_samples_give_nan():
+  mean, half = stats.mean_ci(np.array([[1.0, np.nan], [np.nan, np.nan]]), axis=0)
+  assert mean[0] == 1.0 and np.isnan(half[0])
+  assert np.isnan(mean[1]) and np.isnan(half[1])
+
+
+def test_bad_level():
+  with pytest.raises(ValueError, match="level"):
+    stats.mean_ci([1.0, 2.0], level=1.0)
