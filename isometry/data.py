@@ -240,6 +240,21 @@ def load_dataset(name: str, data_dir: Optional[str] = None, val_size: int = 1200
   return Dataset(train_x, train_y, val_x, val_y, to_float(test_x), test_y.astype(np.int32))
 
 
+def synthetic_dataset(num_train: int = 64, num_val: int = 16, num_test: int = 16,
+                      side: int = 28, seed: int = 0) -> Dataset:
+  """Random images in [0, 1] with random labels in 0..9: for smoke runs (`--quick`) only.
+
+  Nothing here is learnable; it exercises a pipeline end to end in seconds without data files.
+  """
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    return (rng.random((n, side, side), dtype=np.float32),
+            rng.integers(0, 10, n).astype(np.int32))
+
+  return Dataset(*split(num_train), *split(num_val), *split(num_test))
+
+
 def sequence_view(images, task: str, permutation_seed: int = 0):
   """Reads images as sequences for an RNN.
 

@@ -1,0 +1,284 @@
+"""The seed's claim, tested: "a gain-adjusted regularizer outperforms a single-soft regularizer".
+
+Hlav 2019 (notebook OrthogonalRegRNNSV.ipynb) trains a tanh RNN (128 units) on row-by-row
+sequential MNIST with an orthogonal recurrent kernel at gain g = 1.025 (`configs2`) or 1.25
+(`configs3`) and penalises the recurrent kernel W either towards g O(n) ("gain-adjusted":
+W^T W / g^2 compared with the identity) or towards O(n) ("unadjusted": W^T W compared with the
+identity), at strengths 1 and 0.5. The claim is that the adjusted penalty gives better accuracy.
+
+The study runs both presets with every seed, under two penalty formulas:
+  - "notebook": the notebook's Keras regularizer, reg * mean((W^T W / g_p^2 - 1)^2), which
+    subtracts 1 from every entry of the Gram matrix (regularizer `notebook_so`);
+  - "paper": the paper's eq. 11, ||W^T W / g_p^2 - I||_F^2 (regularizer `so`), at strength
+    reg / H^2 so that it too is a mean over the H^2 entries and `reg` means the same size of
+    penalty in both formulas.
+The notebook runs include the presets' unregularized baselines; the paper runs only the four
+regularized configurations of each preset (the baselines do not depend on the formula).
+
+Per configuration it reports the best validation accuracy over epochs and the final test
+accuracy, mean +- 95% CI (Student t over seeds), and per (formula, preset, strength) the paired
+difference adjusted - unadjusted (same seed: same init and batch order), with its CI, a paired
+t-test and the count of seeds where adjusted wins. The claim is confirmed for a comparison when
+the CI of the mean paired difference lies above 0, refuted when it lies below, and not supported
+when it covers 0; "pooled" averages, per seed, the differences over presets and strengths (the
+seed is the independent unit: cells with one seed share its init and batch order).
+
+Each (preset, formula) is one `isometry.train` sweep (every configuration and seed in one
+compiled program) in its own folder under out_dir, resumed if already there, so an interrupted
+study loses no finished epoch.
+"""
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+from absl import logging
+from scipy import stats
+
+from isometry import data
+from isometry import io
+from isometry import presets as seed_presets
+from isometry import train
+from isometry.training_plots import mean_ci
+
+PRESETS = ("configs2", "configs3")
+FORMULAS = {"notebook": "notebook_so", "paper": "so"}
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+METRICS = ("best_val_accuracy", "test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedClaimConfig:
+  """The study's settings (the seed's training settings unless noted).
+
+  Attributes:
+    dataset: mnist, fashion_mnist or cifar10 (row task: 28 x 28 images only).
+    data_dir: folder with the IDX files, or a TFDS data dir; None downloads with TFDS.
+    presets: which of PRESETS to run.
+    formulas: which of FORMULAS to run.
+    seeds: seeds 0..seeds-1 per configuration (>= 2 for confidence intervals).
+    epochs: training epochs (the seed: 50).
+    hidden, lr, batch_size, val_size: as in `isometry.train.TrainConfig`.
+    max_train_examples: keep only the first n training examples (smoke runs).
+    unroll: scan unroll over time.
+  """
+  dataset: str = "fashion_mnist"
+  data_dir: Optional[str] = DEFAULT_DATA_DIR
+  presets: Sequence[str] = PRESETS
+  formulas: Sequence[str] = tuple(FORMULAS)
+  seeds: int = 5
+  epochs: int = 10
+  hidden: int = seed_presets.SEED_HIDDEN
+  lr: float = seed_presets.SEED_LEARNING_RATE
+  batch_size: int = seed_presets.SEED_BATCH_SIZE
+  val_size: int = 12000
+  max_train_examples: Optional[int] = None
+  unroll: int = 4
+
+  def __post_init__(self):
+    object.__setattr__(self, "presets", tuple(self.presets))
+    object.__setattr__(self, "formulas", tuple(self.formulas))
+    for name in self.presets:
+      if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    for name in self.formulas:
+      if name not in FORMULAS:
+        raise ValueError(f"unknown formula {name!r}; choose from {', '.join(FORMULAS)}")
+    if not self.presets or not self.formulas:
+      raise ValueError("choose at least one preset and one formula")
+    if self.seeds < 2:
+      raise ValueError(f"seeds must be >= 2 for confidence intervals, got {self.seeds}")
+
+
+def is_regularized(label: str) -> bool:
+  return any(p.label == label and p.reg_strength > 0
+             for name in PRESETS for p in seed_presets.get_preset(name))
+
+
+def sweep_members(preset: str, formula: str, seeds: int, hidden: int, lr: float) -> tuple:
+  """The members of one (preset, formula) sweep; see the module docstring."""
+  members = train.preset_members(preset, seeds, (lr,))
+  if formula == "notebook":
+    return members
+  return tuple(dataclasses.replace(m, reg_strength=m.reg_strength / hidden**2)
+               for m in members if m.reg_strength > 0)
+
+
+def train_config(config: SeedClaimConfig, preset: str, formula: str) -> train.TrainConfig:
+  return train.TrainConfig(
+      members=sweep_members(preset, formula, config.seeds, config.hidden, config.lr),
+      model="rnn", dataset=config.dataset, data_dir=config.data_dir, task="row",
+      hidden=config.hidden, regularizer=FORMULAS[formula], optimizer="adam",
+      batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
+      val_size=config.val_size, max_train_examples=config.max_train_examples, preset=preset)
+
+
+def run_name(preset: str, formula: str) -> str:
+  return f"{preset}_{formula}"
+
+
+def _per_seed(members: list, label: str, metric: str, seeds: int) -> np.ndarray:
+  """(seeds,) values of `metric` for `label`, NaN for a diverged or missing member."""
+  values = np.full(seeds, np.nan)
+  for m in members:
+    if m["config"]["label"] != label or m["status"] != "done":
+      continue
+    if metric == "test_accuracy":
+      value = m.get("test_accuracy")
+    else:
+      accuracies = [e["val_accuracy"] for e in m["epochs"] if e["val_accuracy"] is not None]
+      value = max(accuracies) if accuracies else None
+    if value is not None:
+      values[m["config"]["seed"]] = value
+  return values
+
+
+def _interval(values: np.ndarray) -> dict:
+  mean, half = mean_ci(values)
+  finite = values[np.isfinite(values)]
+  return {"mean": float(mean), "ci95": float(half), "n": int(finite.size),
+          "values": [float(v) for v in values]}
+
+
+def _verdict(mean: float, half: float) -> str:
+  if not np.isfinite(half):
+    return "undetermined"
+  if mean - half > 0:
+    return "confirmed"
+  if mean + half < 0:
+    return "refuted"
+  return "not supported"
+
+
+def paired_comparison(adjusted: np.ndarray, unadjusted: np.ndarray) -> dict:
+  """Adjusted - unadjusted, paired by seed: mean +- 95% CI, paired t-test, wins, verdict."""
+  both = np.isfinite(adjusted) & np.isfinite(unadjusted)
+  diff = adjusted[both] - unadjusted[both]
+  mean, half = mean_ci(diff) if diff.size else (np.nan, np.nan)
+  p_value = float(stats.ttest_rel(adjusted[both], unadjusted[both]).pvalue) if diff.size > 1 \
+      else float("nan")
+  return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
+          "p_value": p_value, "adjusted_wins": int(np.sum(diff > 0)),
+          "differences": [float(d) for d in diff], "verdict": _verdict(mean, half)}
+
+
+def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
+  """Reads the finished sweeps under out_dir and returns the summary (see module docstring)."""
+  summary = {"config": dataclasses.asdict(config), "dataset": config.dataset, "runs": {},
+             "comparisons": [], "pooled": {}}
+  # Per formula and metric, the paired differences of every (preset, strength) cell by seed.
+  cells = {(formula, metric): [] for formula in config.formulas for metric in METRICS}
+  for formula in config.formulas:
+    for preset in config.presets:
+      name = run_name(preset, formula)
+      metrics = io.read_json(os.path.join(out_dir, name, "metrics.json"))
+      members = metrics["members"]
+      labels = list(dict.fromkeys(m["config"]["label"] for m in members))
+      summary["runs"][name] = {
+          label: {metric: _interval(_per_seed(members, label, metric, config.seeds))
+                  for metric in METRICS} for label in labels}
+      for p in seed_presets.get_preset(preset):
+        if not (p.reg_strength > 0 and p.gain_adjusted):
+          continue
+        partner = next(q.label for q in seed_presets.get_preset(preset)
+                       if q.reg_strength == p.reg_strength and not q.gain_adjusted)
+        row = {"formula": formula, "preset": preset, "gain": p.gain,
+               "reg_strength": p.reg_strength, "adjusted": p.label, "unadjusted": partner}
+        for metric in METRICS:
+          a = _per_seed(members, p.label, metric, config.seeds)
+          u = _per_seed(members, partner, metric, config.seeds)
+          row[metric] = paired_comparison(a, u)
+          cells[(formula, metric)].append(a - u)
+        summary["comparisons"].append(row)
+  # Pooled: per seed, the mean difference over the cells. Cells with one seed share its init
+  # and batch order, so the seed (not the cell) is the independent unit: n = seeds.
+  for (formula, metric), differences in cells.items():
+    per_seed = np.nanmean(np.stack(differences), axis=0)
+    summary["pooled"].setdefault(formula, {})[metric] = paired_comparison(
+        per_seed, np.zeros_like(per_seed))
+  return summary
+
+
+def plot(summary: dict, path: str) -> None:
+  """Accuracy per configuration with 95% CIs (left) and paired differences (right)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  runs = summary["runs"]
+  fig, axes = plt.subplots(len(METRICS), 2, figsize=(13, 4.2 * len(METRICS)),
+                           gridspec_kw={"width_ratios": [2.2, 1]}, squeeze=False)
+  for row, metric in enumerate(METRICS):
+    ax = axes[row, 0]
+    ticks, names = [], []
+    position = 0
+    for run, configs in runs.items():
+      for label, values in configs.items():
+        v = values[metric]
+        color = "C0" if "_adj_" in label else ("C1" if is_regularized(label) else "0.5")
+        marker = "o" if run.endswith("notebook") else "s"
+        ax.errorbar(position, v["mean"], yerr=v["ci95"], fmt=marker, color=color, capsize=3)
+        ax.plot(np.full(len(v["values"]), position + 0.25), v["values"], ".", color=color,
+                alpha=0.4, ms=4)
+        ticks.append(position)
+        names.append(f"{run}: {label}")
+        position += 1
+      position += 1
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(names, rotation=75, ha="right", fontsize=7)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(f"{metric.replace('_', ' ')}: mean, 95% CI, seeds (blue adjusted, orange "
+                 "unadjusted, grey unregularized)", fontsize=9)
+    ax.grid(alpha=0.3)
+
+    ax = axes[row, 1]
+    rows = [c for c in summary["comparisons"]]
+    for i, c in enumerate(rows):
+      d = c[metric]
+      color = {"confirmed": "C2", "refuted": "C3"}.get(d["verdict"], "0.3")
+      ax.errorbar(d["mean_difference"], i, xerr=d["ci95"], fmt="o", color=color, capsize=3)
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{c['formula']} g={c['gain']:g} reg={c['reg_strength']:g}"
+                        for c in rows], fontsize=8)
+    ax.set_xlabel(f"adjusted - unadjusted, {metric.replace('_', ' ')} (paired by seed)")
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  io.save_figure(fig, path)
+  plt.close(fig)
+
+
+def run(config: SeedClaimConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
+  """Trains every (preset, formula) sweep (resuming finished work), then writes the summary.
+
+  Writes out_dir/<preset>_<formula>/ (an `isometry.train` run folder each), summary.json and
+  seed_claim.png. Returns the summary.
+
+  Raises:
+    train.SetupError: data missing or bad for these settings (before anything is trained).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  if dataset is None:
+    try:
+      dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
+    except ValueError as e:
+      raise train.SetupError(str(e)) from e
+  for formula in config.formulas:
+    for preset in config.presets:
+      name = run_name(preset, formula)
+      logging.info("seed claim: sweep %s", name)
+      result = train.run(train_config(config, preset, formula), os.path.join(out_dir, name),
+                         resume=True, dataset=dataset)
+      status = io.read_json(os.path.join(out_dir, name, "status.json"))["status"]
+      if status == "interrupted":
+        logging.info("interrupted; run again to resume")
+        return result
+  summary = analyse(config, out_dir)
+  io.write_json(os.path.join(out_dir, "summary.json"), summary)
+  plot(summary, os.path.join(out_dir, "seed_claim.png"))
+  for formula, by_metric in summary["pooled"].items():
+    for metric, d in by_metric.items():
+      logging.info("%s formula, %s: adjusted - unadjusted = %+.4f +- %.4f (95%% CI, %d pairs, "
+                   "p = %.3g): %s", formula, metric, d["mean_difference"], d["ci95"],
+                   d["n_pairs"], d["p_value"], d["verdict"])
+  return summary

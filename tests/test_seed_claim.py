@@ -1,0 +1,78 @@
+"""The seed-claim study: its sweeps, its statistics against hand computations, and a smoke run."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from isometry import io
+from isometry import regularizers
+from isometry import seed_claim
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_sweeps_hold_the_presets_and_scale_the_paper_penalty_to_a_mean(key):
+  notebook = seed_claim.sweep_members("configs3", "notebook", seeds=5, hidden=128, lr=1e-4)
+  paper = seed_claim.sweep_members("configs3", "paper", seeds=5, hidden=128, lr=1e-4)
+  assert len(notebook) == 7 * 5  # configs3: four regularized configs and three baselines.
+  assert len(paper) == 4 * 5 and all(m.reg_strength > 0 for m in paper)
+  by_label = {m.label: m for m in notebook}
+  for m in paper:
+    assert m.reg_strength == pytest.approx(by_label[m.label].reg_strength / 128**2)
+  # At strength reg / H^2 the paper's sum is the mean of the squared entries of W^T W/g^2 - I.
+  import jax
+  w = jax.random.normal(key, (16, 16))
+  so = regularizers.get_regularizer("so")(w, 1.1)
+  gram = np.asarray(w).T @ np.asarray(w) / 1.1**2 - np.eye(16)
+  assert float(so) / 16**2 == pytest.approx(np.mean(gram**2), rel=1e-5)
+
+
+def test_paired_comparison_matches_hand_computation():
+  adjusted = np.array([0.80, 0.82, 0.81, np.nan, 0.83])
+  unadjusted = np.array([0.79, 0.80, 0.81, 0.70, 0.80])
+  result = seed_claim.paired_comparison(adjusted, unadjusted)
+  d = np.array([0.01, 0.02, 0.0, 0.03])  # the NaN seed is dropped with its partner.
+  # t_{0.975, 3} = 3.182446305284263 (scipy.stats.t.ppf), s = std(d, ddof=1).
+  half = 3.182446305284263 * np.std(d, ddof=1) / 2.0
+  assert result["n_pairs"] == 4 and result["adjusted_wins"] == 3
+  assert result["mean_difference"] == pytest.approx(0.015, abs=1e-12)
+  assert result["ci95"] == pytest.approx(half, rel=1e-9)
+  # Paired t statistic mean / (s / sqrt(n)) = 0.015 / (0.0129099 / 2) = 2.3238, two-sided p.
+  assert result["p_value"] == pytest.approx(0.1028, abs=2e-4)
+  assert result["verdict"] == "not supported"  # 0.015 - 0.0205 < 0.
+  assert seed_claim.paired_comparison(adjusted + 0.1, unadjusted)["verdict"] == "confirmed"
+  assert seed_claim.paired_comparison(adjusted - 0.1, unadjusted)["verdict"] == "refuted"
+
+
+def test_bad_settings_are_rejected():
+  with pytest.raises(ValueError, match="formula"):
+    seed_claim.SeedClaimConfig(formulas=("eq11",))
+  with pytest.raises(ValueError, match="seeds"):
+    seed_claim.SeedClaimConfig(seeds=1)
+
+
+def test_quick_run_writes_summary_and_figure(tmp_path):
+  out = tmp_path / "claim"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "seed_claim.py"), "--quick",
+       "--presets=configs2", f"--out_dir={out}"], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = io.read_json(out / "summary.json")
+  assert set(summary["runs"]) == {"configs2_notebook", "configs2_paper"}
+  # configs2 has two strengths; both formulas compare adjusted with unadjusted at each.
+  assert len(summary["comparisons"]) == 4
+  for formula in ("notebook", "paper"):
+    for metric in seed_claim.METRICS:
+      assert summary["pooled"][formula][metric]["n_pairs"] == 2
+  assert os.path.getsize(out / "seed_claim.png") > 10_000
+
+
+def test_bad_flag_exits_2_with_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "seed_claim.py"), "--presets=configs9",
+       f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and "configs9" in proc.stderr
+  assert not os.listdir(tmp_path)
