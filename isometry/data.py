@@ -183,7 +183,8 @@ def _load_tfds(name: str, data_dir: Optional[str], download: bool) -> tuple:
   return train_x, train_y, test_x, test_y
 
 
-def _split_validation(x, y, val_size: int, split_seed: Optional[int]):
+def split_validation(x, y, val_size: int, split_seed: Optional[int]):
+  """(train_x, train_y, val_x, val_y): val_size examples to validation, both in original order."""
   n = len(x)
   if not 0 <= val_size < n:
     raise ValueError(f"val_size must be in [0, {n}) for {n} training examples, got {val_size}")
@@ -235,7 +236,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, val_size: int = 1200
   else:
     train_x, train_y, test_x, test_y = _load_tfds(name, data_dir, download)
   to_float = lambda x: x.astype(np.float32) / np.float32(255)
-  train_x, train_y, val_x, val_y = _split_validation(
+  train_x, train_y, val_x, val_y = split_validation(
       to_float(train_x), train_y.astype(np.int32), val_size, split_seed)
   return Dataset(train_x, train_y, val_x, val_y, to_float(test_x), test_y.astype(np.int32))
 

@@ -139,6 +139,16 @@ def mlp_apply(params: Params, x: jax.Array, depth: int | jax.Array, activation: 
   return _readout(params, h)
 
 
+def init_embedding(key: jax.Array, vocab_size: int, embed_dim: int,
+                   dtype=jnp.float32) -> jax.Array:
+  """(V, E) token embedding table, N(0, 1/E) entries: each vector has about unit norm.
+
+  Put it in a recurrent model's params as params["embedding"]; the model then reads (B, T)
+  token ids (see `_input_drive`). Row 0 (padding) is learned like any other.
+  """
+  return jax.nn.initializers.normal(stddev=embed_dim**-0.5)(key, (vocab_size, embed_dim), dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Vanilla RNN.
 
@@ -219,9 +229,13 @@ tanh_recurrence.defvjp(_tanh_recurrence_fwd, _tanh_recurrence_bwd)
 def _input_drive(params: Params, x: jax.Array) -> jax.Array:
   """(T, B, K) drive x_t U + b of every step: one (T*B, D) x (D, K) matmul outside the loop.
 
+  x is (B, T, D) inputs, or (B, T) token ids when params hold an "embedding" (V, D) table.
+
   x is made time-major before the product, not after: XLA's CPU einsum "btd,dk->tbk" is about
   3x slower than this plain 2-d matmul, forward and backward, with D = 28.
   """
+  if "embedding" in params:
+    x = params["embedding"][x]  # (B, T) token ids -> (B, T, E) embeddings.
   batch, steps, dim = x.shape
   x = jnp.transpose(x, (1, 0, 2)).reshape(steps * batch, dim)
   drive = (x @ params["input"]).reshape(steps, batch, -1)
@@ -252,7 +266,7 @@ def rnn_hidden_states(params: Params, x: jax.Array, unroll: int = 1,
     h = jnp.tanh(z + h @ w) + eps
     return h, h
 
-  h0 = jnp.zeros((x.shape[0], w.shape[0]), x.dtype)
+  h0 = jnp.zeros((x.shape[0], w.shape[0]), drive.dtype)
   return jax.lax.scan(step, h0, (drive, perturbation), unroll=unroll)[1]
 
 
@@ -265,9 +279,10 @@ def rnn_apply(params: Params, x: jax.Array, unroll: int = 1,
   """
   if perturbation is not None:
     return _readout(params, rnn_hidden_states(params, x, unroll, perturbation)[-1])
+  drive = _input_drive(params, x)
   w = params["recurrent"]
-  h0 = jnp.zeros((x.shape[0], w.shape[0]), x.dtype)
-  return _readout(params, tanh_recurrence(w, _input_drive(params, x), h0, unroll))
+  h0 = jnp.zeros((x.shape[0], w.shape[0]), drive.dtype)
+  return _readout(params, tanh_recurrence(w, drive, h0, unroll))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,9 +327,9 @@ def lstm_hidden_states(params: Params, x: jax.Array, unroll: int = 1,
   drive = _input_drive(params, x)
   w = params["recurrent"]
   hidden = w.shape[0]
-  zeros = jnp.zeros((x.shape[0], hidden), x.dtype)
+  zeros = jnp.zeros((x.shape[0], hidden), drive.dtype)
   if perturbation is None:
-    perturbation = jnp.zeros((x.shape[1], x.shape[0], hidden), x.dtype)
+    perturbation = jnp.zeros((x.shape[1], x.shape[0], hidden), drive.dtype)
 
   def step(carry, inputs):
     h, c = carry

@@ -58,8 +58,9 @@ from isometry import io
 from isometry import models
 from isometry import presets
 from isometry import regularizers
+from isometry import text
 
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # Image datasets; text datasets have text.NUM_CLASSES.
 MODELS = ("rnn", "lstm", "mlp")
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 # JSON keeps the gradient norm through time at most at this many time steps (all of them in
@@ -127,6 +128,8 @@ class TrainConfig:
     permutation_seed: pixel order of the permuted task.
     eval_batch_size: chunk size of validation/test evaluation.
     preset: name of the preset the members came from (informational).
+    vocab_size, max_len, embed_dim: text datasets (`isometry.text`) only: token ids per word,
+      sequence length T and the learned embedding's size E (the recurrent model's input).
   """
   members: tuple
   model: str = "rnn"
@@ -149,6 +152,9 @@ class TrainConfig:
   permutation_seed: int = 0
   eval_batch_size: int = 1000
   preset: Optional[str] = None
+  vocab_size: int = 10000
+  max_len: int = 256
+  embed_dim: int = 64
 
   def __post_init__(self):
     object.__setattr__(self, "members", tuple(
@@ -170,8 +176,12 @@ def _check(condition: bool, message: str) -> None:
 
 def _validate(c: TrainConfig) -> None:
   _check(c.model in MODELS, f"unknown model {c.model!r}; choose one of {', '.join(MODELS)}")
-  _check(c.dataset in data.NAMES,
-         f"unknown dataset {c.dataset!r}; choose one of {', '.join(data.NAMES)}")
+  _check(c.dataset in data.NAMES + text.NAMES,
+         f"unknown dataset {c.dataset!r}; choose one of {', '.join(data.NAMES + text.NAMES)}")
+  _check(c.dataset not in text.NAMES or c.model != "mlp",
+         f"dataset {c.dataset} is text: use model rnn or lstm")
+  for name in ("vocab_size", "max_len", "embed_dim"):
+    _check(getattr(c, name) > 0, f"{name} must be > 0, got {getattr(c, name)}")
   _check(c.model == "mlp" or c.task in data.TASKS,
          f"unknown task {c.task!r}; choose one of {', '.join(data.TASKS)}")
   for name in ("hidden", "batch_size", "epochs", "unroll", "val_size", "eval_batch_size"):
@@ -280,18 +290,27 @@ def _chunks(x: np.ndarray, y: np.ndarray, size: int) -> EvalSet:
   return EvalSet(x.reshape((k, size) + x.shape[1:]), y.reshape(k, size), mask.reshape(k, size))
 
 
+def num_classes(config: TrainConfig) -> int:
+  return text.NUM_CLASSES.get(config.dataset, NUM_CLASSES)
+
+
 def prepare_arrays(config: TrainConfig, dataset=None) -> Arrays:
   """Loads (unless `dataset` is given) and shapes the data for `config`, as numpy arrays.
 
   Args:
     config: the sweep.
     dataset: optional `isometry.data.Dataset`-like object (train_x, train_y, val_x, val_y,
-      test_x, test_y) of images in [0, 1] with integer labels.
+      test_x, test_y) of images in [0, 1] (or, for a text dataset, (N, T) token ids) with
+      integer labels.
 
   Raises:
     ValueError (data.DataUnavailableError included): data missing or too small for the batch.
   """
-  if dataset is None:
+  is_text = config.dataset in text.NAMES
+  if dataset is None and is_text:
+    dataset = text.load_text_dataset(config.dataset, config.data_dir, config.vocab_size,
+                                     config.max_len, config.val_size, config.split_seed)
+  elif dataset is None:
     dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size,
                                 split_seed=config.split_seed)
   train_x, train_y = dataset.train_x, dataset.train_y
@@ -301,11 +320,17 @@ def prepare_arrays(config: TrainConfig, dataset=None) -> Arrays:
   _check(len(train_x) >= config.batch_size,
          f"batch_size {config.batch_size} > {len(train_x)} training examples")
   _check(len(dataset.val_x) > 0 and len(dataset.test_x) > 0, "empty validation or test split")
+  classes = num_classes(config)
   for y in (train_y, dataset.val_y, dataset.test_y):
-    _check(0 <= int(np.min(y)) and int(np.max(y)) < NUM_CLASSES,
-           f"labels must be in [0, {NUM_CLASSES})")
+    _check(0 <= int(np.min(y)) and int(np.max(y)) < classes, f"labels must be in [0, {classes})")
 
-  if config.model == "mlp":
+  if is_text:
+    def view(ids):
+      ids = np.asarray(ids, np.int32)
+      _check(ids.ndim == 2 and 0 <= ids.min() and ids.max() < config.vocab_size,
+             f"text inputs must be (N, T) token ids in [0, {config.vocab_size})")
+      return ids
+  elif config.model == "mlp":
     def view(images):
       return np.asarray(images, np.float32).reshape(len(images), -1)
   else:
@@ -431,7 +456,9 @@ def make_train(config: TrainConfig, arrays: Arrays, devices=None) -> Program:
 def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> Program:
   members = config.members
   init_names = tuple(sorted({m.init for m in members}))
-  input_dim = train_shape[-1]
+  is_text = config.dataset in text.NAMES
+  input_dim = config.embed_dim if is_text else train_shape[-1]
+  classes = num_classes(config)
   num_train = train_shape[0]
   hidden = config.hidden
   max_depth = max(m.depth for m in members)
@@ -446,9 +473,13 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     key = jax.random.fold_in(jax.random.key(hp["seed"]), 0)
     kernel_init = models.mixed_initializer(init_names, hp["init_index"], hp["gain"])
     if not recurrent:
-      return models.init_mlp(key, input_dim, NUM_CLASSES, max_depth, hidden, kernel_init,
+      return models.init_mlp(key, input_dim, classes, max_depth, hidden, kernel_init,
                              config.sigma_b)
-    params = init_cell(key, input_dim, hidden, NUM_CLASSES, kernel_init)
+    params = init_cell(key, input_dim, hidden, classes, kernel_init)
+    if is_text:
+      embedding_key = jax.random.fold_in(jax.random.key(hp["seed"]), 2)
+      params["embedding"] = models.init_embedding(embedding_key, config.vocab_size,
+                                                  config.embed_dim)
     if config.constraint == "expm":
       expm = constraints.init_expm(params["recurrent"], hp["gain"])
       params["recurrent"] = {"base": expm.base, "a": expm.a}

@@ -9,6 +9,8 @@ status.json, metrics.json, spectra.npz, figures, checkpoint.npz) go to --out_dir
       --data_dir=/usr/share/datasets/fashion-mnist --seeds=3 --epochs=15 --out_dir=results/x
   python scripts/train_rnn.py --gains=0.9,1,1.1 --reg=so --reg_strengths=0,0.1 --seeds=2 \\
       --out_dir=/tmp/sweep
+  python scripts/train_rnn.py --dataset=imdb_reviews --cell=lstm --val_size=5000 --lr=1e-3 \\
+      --seeds=3 --epochs=5 --out_dir=/tmp/imdb      # the seed's sentiment experiment
 
 List flags are comma-separated. Bad flags exit with status 2 and a one-line message.
 """
@@ -25,11 +27,14 @@ from isometry import data
 from isometry import initializers
 from isometry import presets
 from isometry import regularizers
+from isometry import text
 from isometry import train
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("dataset", "mnist", data.NAMES, "Image dataset.")
+flags.DEFINE_enum("dataset", "mnist", data.NAMES + text.NAMES,
+                  "Image dataset, or imdb_reviews: sentiment of movie reviews as token sequences "
+                  "(a learned embedding feeds the cell; --task does not apply).")
 flags.DEFINE_string("data_dir", None, "Folder with the four IDX files, or a TFDS data dir.")
 flags.DEFINE_enum("task", "row", data.TASKS,
                   "row: one image row per step; pixel: one pixel per step; permuted: pixels in "
@@ -63,6 +68,11 @@ flags.DEFINE_integer("val_size", 12000, "Training examples held out for validati
                      lower_bound=1)
 flags.DEFINE_integer("max_train_examples", None, "Use only the first n training examples.",
                      lower_bound=1)
+flags.DEFINE_integer("vocab_size", 10000, "Text: vocabulary size (padding and unknown included).",
+                     lower_bound=3)
+flags.DEFINE_integer("max_len", 256, "Text: tokens per sequence (the end of longer texts is kept).",
+                     lower_bound=1)
+flags.DEFINE_integer("embed_dim", 64, "Text: size of the learned token embedding.", lower_bound=1)
 flags.DEFINE_boolean("resume", False, "Continue from out_dir/checkpoint.npz if present.")
 flags.mark_flag_as_required("out_dir")
 
@@ -96,7 +106,8 @@ def _config() -> train.TrainConfig:
       task=FLAGS.task, hidden=FLAGS.hidden, regularizer=reg, constraint=FLAGS.constraint,
       margin=FLAGS.margin, optimizer=FLAGS.optimizer, batch_size=FLAGS.batch_size,
       epochs=FLAGS.epochs, unroll=FLAGS.unroll, val_size=FLAGS.val_size,
-      max_train_examples=FLAGS.max_train_examples, preset=FLAGS.preset)
+      max_train_examples=FLAGS.max_train_examples, preset=FLAGS.preset,
+      vocab_size=FLAGS.vocab_size, max_len=FLAGS.max_len, embed_dim=FLAGS.embed_dim)
 
 
 def main(argv):

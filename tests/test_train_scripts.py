@@ -152,3 +152,24 @@ def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
       assert abs(sv["min"] - 1.1) < 1e-5 and abs(sv["max"] - 1.1) < 1e-5
     # It trained: the loss moved (lr 0.01, 6 Adam steps per epoch).
     assert member["epochs"][-1]["train_loss"] != member["epochs"][0]["train_loss"]
+
+
+def test_train_lstm_on_mock_imdb_reviews(train_rnn, tmp_path):
+  """The seed's second experiment's pipeline: token ids -> learned embedding -> LSTM -> 2 classes."""
+  out = tmp_path / "imdb"
+  with tfds.testing.mock_data(num_examples=40):
+    _run_main(train_rnn, ["--dataset=imdb_reviews", "--cell=lstm", "--hidden=8",
+                          "--vocab_size=50", "--max_len=12", "--embed_dim=4", "--val_size=8",
+                          "--batch_size=16", "--epochs=1", "--unroll=1", "--lr=0.01",
+                          f"--out_dir={out}"])
+  assert io.read_json(out / "status.json")["status"] == "done"
+  config = io.read_json(out / "config.json")
+  assert config["dataset"] == "imdb_reviews" and config["model"] == "lstm"
+  (member,) = io.read_json(out / "metrics.json")["members"]
+  (epoch,) = member["epochs"]
+  assert len(epoch["grad_norm_through_time"]) == 12
+  assert 0 <= member["test_accuracy"] <= 1
+  checkpoint = np.load(out / "checkpoint.npz")
+  # The state holds a learned (vocab_size, embed_dim) table and a (embed_dim, 4 H) input kernel.
+  shapes = {checkpoint[name].shape[1:] for name in checkpoint.files}
+  assert {(50, 4), (4, 32)} <= shapes
