@@ -39,7 +39,7 @@ from isometry import data
 from isometry import io
 from isometry import presets as seed_presets
 from isometry import train
-from isometry.training_plots import mean_ci
+from isometry.stats import mean_ci
 
 PRESETS = ("configs2", "configs3")
 FORMULAS = {"notebook": "notebook_so", "paper": "so"}
@@ -241,6 +241,7 @@ def plot(summary: dict, path: str) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([f"{c['formula']} g={c['gain']:g} reg={c['reg_strength']:g}"
                         for c in rows], fontsize=8)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     ax.set_xlabel(f"adjusted - unadjusted, {metric.replace('_', ' ')} (paired by seed)")
     ax.grid(alpha=0.3)
   fig.tight_layout()

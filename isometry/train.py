@@ -58,6 +58,7 @@ from isometry import io
 from isometry import models
 from isometry import presets
 from isometry import regularizers
+from isometry import stats
 from isometry import text
 
 NUM_CLASSES = 10  # Image datasets; text datasets have text.NUM_CLASSES.
@@ -732,11 +733,10 @@ def _config_summaries(config: TrainConfig, test: Optional[dict]) -> list:
   """Test accuracy per label: mean and 95% t-interval half-width over seeds."""
   if test is None:
     return []
-  from isometry import training_plots
   summaries = []
   for label, idx in _labels(config).items():
     values = np.asarray(test["accuracy"])[idx]
-    mean, half = training_plots.mean_ci(values[None, :], axis=1)
+    mean, half = stats.mean_ci(values[None, :], axis=1)
     summaries.append({"label": label, "seeds": len(idx),
                       "test_accuracy_mean": _finite_or_none(mean[0]),
                       "test_accuracy_ci95": _finite_or_none(half[0])})

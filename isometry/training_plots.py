@@ -17,34 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
-from scipy import stats
 
 from isometry import io
-
-
-def mean_ci(values: np.ndarray, axis: int = 0, level: float = 0.95):
-  """Mean and half-width of the t confidence interval along `axis`, ignoring NaNs.
-
-  Args:
-    values: array with the samples (seeds) along `axis`; NaN marks a missing sample.
-    axis: the sample axis.
-    level: confidence level.
-
-  Returns:
-    (mean, half_width): half_width = t_{(1+level)/2, n-1} s / sqrt(n) with s the sample
-    standard deviation (ddof 1) and n the number of finite samples; NaN where n < 2.
-  """
-  values = np.asarray(values, np.float64)
-  finite = np.isfinite(values)
-  n = np.sum(finite, axis=axis)
-  with np.errstate(all="ignore"):
-    total = np.sum(np.where(finite, values, 0.0), axis=axis)
-    mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-    deviation = np.where(finite, values - np.expand_dims(mean, axis), 0.0)
-    s = np.sqrt(np.sum(np.square(deviation), axis=axis) / np.maximum(n - 1, 1))
-    t = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1))
-    half = np.where(n >= 2, t * s / np.sqrt(np.maximum(n, 1)), np.nan)
-  return mean, half
+from isometry.stats import mean_ci
 
 
 def _groups(metrics: dict) -> dict:
