@@ -17,6 +17,18 @@ def fail(message) -> None:
   sys.exit(2)
 
 
+def call(fn, *args, errors=(ValueError,), **kwargs):
+  """Returns fn(*args, **kwargs); an exception of a type in `errors` becomes `fail(message)`.
+
+  Scripts build their config and start their run through this, so bad settings and missing
+  data end in one line and exit code 2 while any other exception keeps its traceback.
+  """
+  try:
+    return fn(*args, **kwargs)
+  except errors as e:
+    fail(e)
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)

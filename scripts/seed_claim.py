@@ -58,15 +58,9 @@ def _config() -> seed_claim.SeedClaimConfig:
 
 def main(argv):
   del argv
-  try:
-    config = _config()
-  except ValueError as e:
-    cli.fail(e)
+  config = cli.call(_config)
   dataset = data.synthetic_dataset() if FLAGS.quick else None
-  try:
-    seed_claim.run(config, FLAGS.out_dir, dataset=dataset)
-  except train.SetupError as e:
-    cli.fail(e)
+  cli.call(seed_claim.run, config, FLAGS.out_dir, dataset=dataset, errors=(train.SetupError,))
 
 
 if __name__ == "__main__":

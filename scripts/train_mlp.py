@@ -76,14 +76,8 @@ def _config() -> train.TrainConfig:
 
 def main(argv):
   del argv
-  try:
-    config = _config()
-  except ValueError as e:
-    cli.fail(e)
-  try:
-    train.run(config, FLAGS.out_dir, resume=FLAGS.resume)
-  except train.SetupError as e:
-    cli.fail(e)
+  config = cli.call(_config)
+  cli.call(train.run, config, FLAGS.out_dir, resume=FLAGS.resume, errors=(train.SetupError,))
 
 
 if __name__ == "__main__":
