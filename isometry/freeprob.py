@@ -19,43 +19,88 @@ equation per spectral parameter z for m = M_{JJ^T}(z):
 and the density is rho(lambda) = -Im G(lambda + i0) / pi with G = (1 + m) / z.
 
 Numerics (the pitfalls are those recorded in shared/THEORY.md):
-  - M_{D^2}(x) = E[d / (x - d)], d = phi'(h)**2, h ~ N(0, q*), is needed for x close to the
-    support of d, where Gauss-Hermite quadrature fails. For smooth phi it is computed by product
-    integration over h: on each of `NUM_PANELS` panels d(h) and the Gaussian weight times d are
-    linear, and the panel integral of (a + b u) / (c - e u) is done in closed form with a stable
-    log1p (jax's complex log1p keeps the real part; numpy's does not). Working in h also removes
-    the square-root singularity that the law of d has at its top (h = 0). For relu and hard_tanh,
-    D^2 is Bernoulli(p) and M_{D^2}(x) = p / (x - 1) exactly; linear is p = 1.
-  - Root selection: the physical root is followed from far above the real axis, where
-    m ~ m_1 / z + m_2 / z**2, down to z = lambda_top (1 + i delta0); then marched down the grid
-    at that relative height (each lambda starts from its neighbour's root); then each lambda
-    descends vertically to z = lambda (1 + i delta_min). Newton steps are damped until |F|
-    decreases and Im m <= 0, Im G <= 0 hold.
+  - M_{D^2}(x) = E[d / (x - d)] = int f(t) / (x - t) dt, d = phi'(h)**2, h ~ N(0, q*), f the
+    density of d times t, is needed for x within ~1e-14 of the support of d, where no fixed
+    quadrature works. For smooth phi (phi'**2 decreasing in |h|: tanh, erf) the support is cut
+    into panels in t = d (`_panel_law`): a top panel at d_max, where f has its square-root
+    singularity, integrated in v = sqrt(d_max - t) (f dt = k(v) dv, k smooth; closed form with
+    arctan), then panels over which d_max - d and d change by at most a factor 2 and h by at most
+    sqrt(q*) (graded towards both ends of the support), down to P(|h| > H) = 1e-14 or
+    d = 1e-16 d_max, and a tail panel holding the rest. On each panel f is interpolated by a
+    polynomial of degree 9, integrated against 1 / (x - t) in closed form (one log1p and an
+    upward recursion) where x is near the panel, and by the panel's 8-point Gauss-Legendre rule
+    in h where it is far (|panel half-length / (x - centre)| < 0.4: rule error < 1e-11). At
+    most 8 panels are near one x (checked when the law is built). Error against adaptive
+    quadrature: < 3e-10 relative for x at any distance from the support (tanh and erf,
+    q* = 1/64 to 4); the derivative M' comes from the same closed forms. For relu and hard_tanh
+    D^2 is Bernoulli(p) and M_{D^2}(x) = p / (x - 1) exactly; linear is p = 1; any phi at q* = 0
+    is an atom at phi'(0)**2.
+  - Root selection (`_solve`): the physical root is followed from far above the top of the
+    grid, where m ~ m_1 / z + m_2 / z**2, down a vertical line (64 levels, tangent predictor and
+    Newton) to z = lambda_top (1 + i delta); then marched down the grid at that relative height
+    with step control: each step is a tangent predictor m + dm/dz dz and Newton, taken only if
+    the second Newton step is at most 1/4 of the first (the predictor is deep inside its root's
+    basin: a neighbouring root, e.g. the unphysical mirror root near an edge, would make Newton
+    contract slowly), m moves by at most 1/4 of |m| + |1 + m|, and Newton converges; otherwise
+    the step in log lambda is halved, so the march creeps through edges, gaps and the Cauchy
+    peaks of atoms (|m| ~ 1 / delta) and strides through smooth stretches (up to 0.1 in
+    log lambda, but always landing on each grid point). Newton steps are damped until |F|
+    decreases and Im m <= 0, Im G <= 0 hold (up to 1e-12 relative rounding). About 2-3
+    evaluations of F per grid point; a 1000-point grid takes ~50 ms on one CPU core after
+    compilation (benchmarks/theory.py).
   - w**(1/L): the physical w lies in the lower half plane; the branch cut of the root is put on
     the positive imaginary axis, so the argument runs over (-3 pi / 2, pi / 2].
-  - The relative height delta_min = 1e-6 smooths the density by a Cauchy kernel of relative
+  - The relative height delta = 1e-6 smooths the density by a Cauchy kernel of relative
     width 1e-6: invisible on a log grid, and it makes the grid scale-free, which matters for
-    Gaussian weights at large L, whose density spreads over many decades near 0.
+    Gaussian weights at large L, whose density spreads over many decades near 0. The atoms (at
+    0, and at sigma_w**(2L) for orthogonal Bernoulli networks) are reported separately, but
+    their Cauchy tails (peaks of height mass / (pi delta lambda) at the atom) are part of
+    `density`.
 """
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import special
 
 from isometry import meanfield
 from isometry.activations import Activation, get_activation
 
 WEIGHTS = ("orthogonal", "gaussian")
-NUM_PANELS = 512         # product-integration panels over h in [0, 8 sqrt(q*)]: CDF error < 3e-4
-_HALF_WIDTH = 8.0        # Gaussian mass beyond 8 standard deviations: 1.2e-15
-_DELTA0 = 0.1            # relative height of the march along the grid
-_DELTA_MIN = 1e-6        # relative height of the final density
-_LEVELS = 16             # vertical continuation levels from delta0 to delta_min
-_NEWTON = 3              # Newton iterations per level / grid point
-_POLISH = 12             # further Newton iterations at the final height (narrow spectra need them)
 _MAX_LOG10_SCALE = 250   # |log10 chi**L| beyond this leaves no float64 room for the spread
-_BACKTRACK = 8           # step halvings before a Newton step is refused
+
+# The law of d = phi'(h)**2 for smooth phi: panels (see _panel_law).
+_FIT = 10                # interpolation nodes per panel: exact integrals of degree-9 polynomials
+_RULE = 8                # Gauss-Legendre nodes per panel for the far field
+_GRADING = 2.0           # across a panel, d and d_max - d change by at most this factor
+_TOP = 0.25              # the top panel ends at d_max - d = _TOP d_max (or at h = sqrt(q*))
+_TAIL_MASS = 1e-14       # P(|h| > H) at the last panel end H ...
+_D_FLOOR = 1e-16         # ... or H where d = _D_FLOOR d_max (phi' = 1 - tanh**2 loses digits)
+_FINE = 8193             # points of the h grid that places the panel ends
+_PANEL_BUCKETS = (16, 32, 64, 128, 256)   # panel counts padded to these: one program each
+_NEAR = 0.4              # |eps| >= _NEAR: a t-panel is integrated exactly, else by its rule
+_NEAR_TOP = 4.0          # |sigma| <= _NEAR_TOP: the same for the top panel
+_WINDOW = 8              # t-panels near one x at most (checked when a law is built)
+_ATOM_SPREAD = 1e-12     # d_max - d(H) below this (relative): the law is the atom d_max
+
+# The solver.
+_DELTA = 1e-6            # relative height of the final density
+_FAR = 100.0             # the start: z = top + 100 i top
+_LEVELS = 64             # vertical levels from there to top (1 + i _DELTA)
+_NEWTON = 12             # Newton iterations at most per solve
+_BACKTRACK = 8           # step halvings before a Newton step is given up
+_TOL = 4e-16             # Newton stops when its next step is below _TOL (|m| + |1 + m|)
+_STUCK = 1e-9            # a refused Newton step below _STUCK (|m| + |1 + m|) is rounding
+_ROUNDING = 1e-12        # relative tolerance of the half-plane tests
+_F_NOISE = 1e-14         # |F| below _F_NOISE (|m| + |1 + m|) is rounding: Newton stops there
+_MAX_CHANGE = 0.25       # largest change of m in one march step, relative to |m| + |1 + m|
+_THETA = 0.25            # largest second/first Newton step ratio of an accepted march step
+_STEP0 = 0.01            # first march step in log lambda
+_STEP_MAX = 0.1          # largest march step in log lambda
+_STEP_MIN = 1e-13        # below this the step is taken whatever the contraction test says
+_MAX_STEPS = 20000       # march steps at most, plus 4 per grid point
 
 
 class SpectralDensity(NamedTuple):
@@ -152,125 +197,413 @@ def jacobian_moments(activation, sigma_w, sigma_b, depth, weights):
 
 
 class _D2Law(NamedTuple):
-  """The law of d = phi'(h)**2, h ~ N(0, q*), as product-integration panels or a Bernoulli.
+  """The law of d = phi'(h)**2, h ~ N(0, q*): an atom, or product-integration panels.
 
-  For a Bernoulli law (relu, hard_tanh, linear) `p` is P(d = 1) and the panel arrays are empty;
-  otherwise `p` is nan and d(h), 2 N(h; 0, q*) are tabulated at the panel ends h_k >= 0.
+  An atom law (relu, hard_tanh, linear; any phi at q* = 0) puts mass `p` on d = `atom` and
+  1 - p on d = 0, and has no panel rows. A smooth law (tanh, erf) has `atom` = d_max = max d and
+  rows for panels over t = d, padded with empty rows to a size in `_PANEL_BUCKETS`:
+    row 0, the top panel t in [d_max - Y, d_max]: `centre` = d_max, `half` = Y, and `coef`
+      holds K(w) = sum_j coef_j w**j, where k(v) = K(v**2 / Y) is the density of
+      v = sqrt(d_max - t) times 2 v f (see `_m_d2`);
+    rows 1..: t-panels in decreasing t, with centre and half-length in t, and `coef` the
+      density f(t) = t p_d(t) as a polynomial in u = (t - centre) / half on [-1, 1]; the last
+      real row is the tail [0, d(H)], holding the mass P(|h| > H) spread uniformly.
+  `nodes`, `weights`: each panel's Gauss-Legendre rule, sum(weights * r(nodes)) ~ int f r dt / t
+  (the weights are g(h) = 2 N(h; 0, q*) d(h) times the rule's weights in h).
   """
   p: float
-  h: np.ndarray
-  d: np.ndarray
-  weight: np.ndarray
+  atom: float
+  nodes: np.ndarray
+  weights: np.ndarray
+  coef: np.ndarray
+  centre: np.ndarray
+  half: np.ndarray
 
 
-def _d2_law(act: Activation, q: float) -> _D2Law:
-  empty = np.zeros(0)
-  if act.name == "linear":
-    return _D2Law(1.0, empty, empty, empty)
-  if act.bernoulli_derivative:
-    return _D2Law(float(meanfield.mu(act, q, 1)), empty, empty, empty)
+def _atom_law(p: float, atom: float = 1.0) -> _D2Law:
+  empty = np.zeros((0, _RULE))
+  return _D2Law(float(p), float(atom), empty, empty, np.zeros((0, _FIT)), np.zeros(0),
+                np.zeros(0))
+
+
+def _d_and_slope(act: Activation, h):
+  """d(h) = phi'(h)**2 and d'(h) in float64 numpy, by jax's forward mode."""
   with jax.enable_x64(True):
-    h = np.linspace(0.0, _HALF_WIDTH * np.sqrt(q), NUM_PANELS + 1)
-    d = np.asarray(jnp.square(act.derivative(jnp.asarray(h))))
-  weight = 2.0 * np.exp(-h**2 / (2.0 * q)) / np.sqrt(2.0 * np.pi * q)
-  return _D2Law(np.nan, h, d, weight)
+    h = jnp.asarray(h, dtype=jnp.float64)
+    first, second = jax.jvp(act.derivative, (h,), (jnp.ones_like(h),))
+    return np.asarray(first**2), np.asarray(2.0 * first * second)
 
 
-def _log1p_ratios(eps):
-  """ell = -log1p(-eps) / eps and psi = (ell - 1) / eps, with series where eps is small."""
-  small = jnp.abs(eps) < 1e-3
-  safe = jnp.where(small, 0.5, eps)
-  ell = -jnp.log1p(-safe) / safe
-  psi = (ell - 1.0) / safe
-  ell_series = 1.0 + eps / 2 + eps**2 / 3 + eps**3 / 4 + eps**4 / 5
-  psi_series = 0.5 + eps / 3 + eps**2 / 4 + eps**3 / 5 + eps**4 / 6
-  return jnp.where(small, ell_series, ell), jnp.where(small, psi_series, psi)
+@functools.lru_cache(maxsize=64)
+def _d2_law(act: Activation, q: float) -> _D2Law:
+  if act.name == "linear":
+    return _atom_law(1.0)
+  if act.bernoulli_derivative:
+    return _atom_law(float(meanfield.mu(act, q, 1)))
+  if q <= 0:
+    # h = 0: every layer is linear with gain phi'(0).
+    d0, _ = _d_and_slope(act, np.zeros(1))
+    return _atom_law(1.0, float(d0[0]))
+  return _panel_law(act, q)
+
+
+def _gauss_legendre(lo, hi, num):
+  """Nodes and weights of num-point Gauss-Legendre rules on the intervals [lo, hi] (arrays)."""
+  x, w = np.polynomial.legendre.leggauss(num)
+  mid, half = (lo + hi)[:, None] / 2, (hi - lo)[:, None] / 2
+  return mid + half * x[None, :], half * w[None, :]
+
+
+def _panel_law(act: Activation, q: float) -> _D2Law:
+  """Panels for a smooth phi whose phi'**2 decreases in |h| from its maximum at h = 0."""
+  sq = np.sqrt(q)
+  end = np.sqrt(2.0 * q) * special.erfcinv(_TAIL_MASS)
+  h = np.linspace(0.0, end, _FINE)
+  d, slope = _d_and_slope(act, h)
+  d_max = d[0]
+  below = d < _D_FLOOR * d_max
+  if d_max > 0 and np.any(below):
+    first = max(int(np.argmax(below)), 1)
+    end = float(np.interp(np.log(_D_FLOOR), np.log(d[first - 1:first + 1][::-1] / d_max),
+                          h[first - 1:first + 1][::-1]))
+    h = np.linspace(0.0, end, _FINE)
+    d, slope = _d_and_slope(act, h)
+  if not (np.isfinite(d_max) and d_max > 0 and np.all(np.isfinite(d)) and np.all(slope[1:] < 0)):
+    raise ValueError(
+        f"the density solver needs phi'(h)**2 finite, positive and strictly decreasing in |h| "
+        f"(as for tanh and erf); {act.name} does not satisfy this at q* = {q:.6g}")
+  s = d_max - d
+  if s[-1] <= _ATOM_SPREAD * d_max:
+    # Narrower than float64 resolves (and far narrower than the density's relative height).
+    return _atom_law(1.0, float(d_max))
+  # The top panel ends at d_max - d = _TOP d_max or h = sqrt(q*); then panels end at the
+  # integers of psi, which grows by one where d_max - d or d changes by the factor _GRADING or
+  # h by sqrt(q*).
+  top_end = min(float(np.interp(_TOP * d_max, s, h)) if s[-1] > _TOP * d_max else end, sq)
+  ends = np.array([0.0, top_end])
+  if top_end < end:
+    tail = h >= top_end
+    psi = (np.log(s[tail] / d_max) - np.log(d[tail] / d_max)) / np.log(_GRADING) + h[tail] / sq
+    count = max(1, int(np.ceil(psi[-1] - psi[0])))
+    levels = psi[0] + (psi[-1] - psi[0]) * np.arange(1, count + 1) / count
+    ends = np.concatenate([ends, np.interp(levels, psi, h[tail])])
+    ends[-1] = end
+  lo, hi = ends[:-1], ends[1:]
+
+  def density(h_nodes):
+    """g = 2 N(h; 0, q) d and f = g / |d'|, the density of t = d(h) times t."""
+    d_nodes, slope_nodes = _d_and_slope(act, h_nodes)
+    g = 2.0 * np.exp(-h_nodes**2 / (2.0 * q)) / np.sqrt(2.0 * np.pi * q) * d_nodes
+    return d_nodes, g, g / np.abs(slope_nodes)
+
+  h_rule, w_rule = _gauss_legendre(lo, hi, _RULE)
+  nodes, g, _ = density(h_rule)
+  weights = w_rule * g
+  h_fit, _ = _gauss_legendre(lo, hi, _FIT)
+  t_fit, _, f_fit = density(h_fit)
+  d_ends, _ = _d_and_slope(act, ends)
+
+  # Top panel: s = d_max - d by Gauss-Legendre of -d' on [0, h] (no cancellation near h = 0).
+  def s_of(hs):
+    inner_h, inner_w = _gauss_legendre(np.zeros_like(hs), hs, _FIT)
+    return -np.sum(_d_and_slope(act, inner_h)[1] * inner_w, axis=1)
+
+  s_top = s_of(h_fit[0])
+  big_y = float(s_of(np.array([top_end]))[0])
+  top_coef = np.linalg.solve(np.vander(s_top / big_y, _FIT, increasing=True),
+                             2.0 * np.sqrt(s_top) * f_fit[0])
+  # t-panels: f as a polynomial in u = (t - centre) / half.
+  centre = (d_ends[1:-1] + d_ends[2:]) / 2
+  half = (d_ends[1:-1] - d_ends[2:]) / 2
+  u = (t_fit[1:] - centre[:, None]) / half[:, None]
+  coef = np.linalg.solve(u[:, :, None]**np.arange(_FIT), f_fit[1:, :, None])[..., 0]
+  # Tail: the mass P(|h| > H) uniform on [0, d(H)], f(t) = mass t / d(H).
+  t_end = d_ends[-1]
+  mass = float(special.erfc(end / np.sqrt(2.0 * q)))
+  tail_nodes, tail_w = _gauss_legendre(np.zeros(1), np.array([t_end]), _RULE)
+  tail_coef = np.zeros(_FIT)
+  tail_coef[:2] = mass / 2
+
+  nodes = np.concatenate([nodes, tail_nodes])
+  weights = np.concatenate([weights, tail_w * mass * tail_nodes / t_end])
+  coef = np.concatenate([top_coef[None], coef, tail_coef[None]])
+  centre = np.concatenate([[d_max], centre, [t_end / 2]])
+  half = np.concatenate([[big_y], half, [t_end / 2]])
+  size = next((b for b in _PANEL_BUCKETS if b >= len(centre)), None)
+  if size is None:
+    raise ValueError(f"the law of phi'(h)**2 for {act.name} at q* = {q:.6g} needs "
+                     f"{len(centre)} panels, more than the solver supports ({_PANEL_BUCKETS[-1]})")
+  # Empty rows: no weight, zero half-length (never near), below every real panel.
+  pad = size - len(centre)
+  nodes = np.concatenate([nodes, -np.ones((pad, _RULE))])
+  weights = np.concatenate([weights, np.zeros((pad, _RULE))])
+  coef = np.concatenate([coef, np.zeros((pad, _FIT))])
+  centre = np.concatenate([centre, -np.ones(pad)])
+  half = np.concatenate([half, np.zeros(pad)])
+  _check_window(centre[1:], half[1:])
+  return _D2Law(0.0, float(d_max), nodes, weights, coef, centre, half)
+
+
+def _window_start(x_real, centre, half):
+  """First t-panel of the _WINDOW examined for exact integration at x (t-panels in decreasing t).
+
+  The window holds the panel containing Re x, _WINDOW // 2 - 1 panels above it and the rest
+  below, clipped to the panels that exist.
+  """
+  containing = jnp.sum(centre - half > x_real)
+  return jnp.clip(containing - (_WINDOW // 2 - 1), 0, centre.shape[0] - _WINDOW)
+
+
+def _check_window(centre, half):
+  """Every t-panel with |eps| >= _NEAR at x lies in x's window (the worst x are real)."""
+  ends = np.concatenate([centre - half, centre + half])
+  x = np.concatenate([ends, ends * (1 + 1e-9), ends * (1 - 1e-9), centre, [-3.0, 3 * centre[0]]])
+  near = (half[None, :] > 0) & (half[None, :] >= _NEAR * np.abs(x[:, None] - centre[None, :]))
+  containing = np.sum(centre[None, :] - half[None, :] > x[:, None], axis=1)
+  start = np.clip(containing - (_WINDOW // 2 - 1), 0, centre.size - _WINDOW)
+  index = np.arange(centre.size)[None, :]
+  inside = (index >= start[:, None]) & (index < start[:, None] + _WINDOW)
+  if np.any(near & ~inside):
+    raise AssertionError("a near panel outside the window: widen _WINDOW or lower _GRADING")
+
+
+def _reciprocal(a):
+  """1 / a for complex a by real arithmetic (XLA's complex division is several times slower)."""
+  norm = jnp.square(a.real) + jnp.square(a.imag)
+  return jax.lax.complex(a.real / norm, -a.imag / norm)
 
 
 def _m_d2(x, law: _D2Law):
-  """M_{D^2}(x) = E[d / (x - d)] for complex (or real, outside the support) x."""
-  if law.h.size == 0:
-    return law.p / (x - 1.0)
-  h, d, weight = law.h, law.d, law.weight
-  width = h[1:] - h[:-1]
-  g = weight * d
-  g_slope = (g[1:] - g[:-1]) / width
-  d_slope = (d[1:] - d[:-1]) / width
-  # Integral over u in [0, width] of (g_k + g_slope u) / (a - d_slope u), a = x - d_k, equals
-  # (width / a) (g_k ell(eps) + g_slope width psi(eps)) with eps = d_slope width / a.
-  a = x - d[:-1]
-  ell, psi = _log1p_ratios(d_slope * width / a)
-  return jnp.sum(width / a * (g[:-1] * ell + g_slope * width * psi))
+  """M_{D^2}(x) = E[d / (x - d)] and its derivative, for complex x off the support of d.
+
+  Far panels by their Gauss-Legendre rules; the top panel (|sigma| <= _NEAR_TOP) and the
+  t-panels with |eps| >= _NEAR (at most _WINDOW, found by `_window_start`) by exact integrals
+  of their interpolating polynomials.
+  """
+  if law.nodes.shape[0] == 0:
+    value = law.p * law.atom * _reciprocal(x - law.atom)
+    return value, -value * _reciprocal(x - law.atom)
+  # Rules, per panel, in real arithmetic: 1 / (x - t) = (dr - i xi) / (dr**2 + xi**2).
+  dr = x.real - law.nodes
+  xi = x.imag
+  inverse = 1.0 / (jnp.square(dr) + jnp.square(xi))
+  w1 = law.weights * inverse
+  w2 = w1 * inverse
+  rows = jax.lax.complex(jnp.sum(w1 * dr, axis=1), -xi * jnp.sum(w1, axis=1))
+  d_rows = jax.lax.complex(-jnp.sum(w2 * (dr - xi) * (dr + xi), axis=1),
+                           2.0 * xi * jnp.sum(w2 * dr, axis=1))
+  m, dm = jnp.sum(rows), jnp.sum(d_rows)
+  fit = law.coef.shape[1]
+
+  # Top panel: (1 / V) sum_j b_j kappa_j(sigma), kappa_j = int_0^1 r**2j / (sigma + r**2) dr,
+  # sigma = (x - d_max) / Y, V = sqrt(Y); lambda_j = int_0^1 r**2j / (sigma + r**2)**2 dr
+  # gives the derivative. Upward recursions, stable for |sigma| <= _NEAR_TOP since the
+  # coefficients b_j decay like (Y / d_max)**j <= _TOP**j.
+  d_max, big_y, b = law.centre[0], law.half[0], law.coef[0]
+  sigma = (x - d_max) / big_y
+  near_top = jnp.abs(sigma) <= _NEAR_TOP
+  sigma = jnp.where(near_top, sigma, 1.0)
+  root = jnp.sqrt(sigma)
+  kappa = jnp.log1p(2j * _reciprocal(root - 1j)) * _reciprocal(2j * root)  # arctan(1/root)/root
+  lam = (_reciprocal(1.0 + sigma) + kappa) * _reciprocal(2.0 * sigma)
+  top, d_top = b[0] * kappa, b[0] * lam
+  for j in range(1, fit):
+    kappa, lam = 1.0 / (2 * j - 1) - sigma * kappa, kappa - sigma * lam
+    top, d_top = top + b[j] * kappa, d_top + b[j] * lam
+  top, d_top = top / jnp.sqrt(big_y), -d_top / (big_y * jnp.sqrt(big_y))
+  m += jnp.where(near_top, top - rows[0], 0.0)
+  dm += jnp.where(near_top, d_top - d_rows[0], 0.0)
+
+  # Near t-panels: (half / a) sum_j c_j phi_j(eps), a = x - centre, eps = half / a,
+  # phi_j = int_{-1}^1 u**j / (1 - eps u) du, and psi_j = int u**j / (1 - eps u)**2 du for the
+  # derivative. Upward recursions, stable for |eps| >= _NEAR (the c_j decay).
+  start = _window_start(x.real, law.centre[1:], law.half[1:])
+  window = lambda v: jax.lax.dynamic_slice_in_dim(v[1:], start, _WINDOW)
+  centre, half, c = window(law.centre), window(law.half), window(law.coef)
+  a = x - centre
+  near = half >= _NEAR * jnp.abs(a)
+  inv = jnp.where(near, a / jnp.where(near, half, 1.0), 2.0)          # 1 / eps
+  phi = jnp.log1p(2.0 * _reciprocal(inv - 1.0)) * inv
+  psi = 2.0 * jnp.square(inv) * _reciprocal(jnp.square(inv) - 1.0)
+  total, d_total = c[:, 0] * phi, c[:, 0] * psi
+  for j in range(1, fit):
+    moment = 2.0 / j if j % 2 else 0.0          # int_{-1}^1 u**(j-1) du
+    phi, psi = (phi - moment) * inv, (psi - phi) * inv
+    total, d_total = total + c[:, j] * phi, d_total + c[:, j] * psi
+  eps = _reciprocal(inv)
+  exact = eps * total
+  d_exact = -jnp.square(eps) * d_total / jnp.where(near, half, 1.0)
+  m += jnp.sum(jnp.where(near, exact - window(rows), 0.0))
+  dm += jnp.sum(jnp.where(near, d_exact - window(d_rows), 0.0))
+  return m, dm
 
 
 # ---------------------------------------------------------------------------------------------
 # The scalar equation and its continuation.
 
 
+@jax.jit
+def _m_d2_real(x, law):
+  return jax.vmap(lambda xi: _m_d2(xi + 0j, law)[0].real)(x)
+
+
 def _s_w(m, sigma_w, gaussian):
-  return jnp.where(gaussian, 1.0 / (1.0 + m), 1.0) / sigma_w**2
+  return jnp.where(gaussian, _reciprocal(1.0 + m), 1.0) / sigma_w**2
 
 
 def _x_of(m, z, depth, sigma_w, gaussian):
   """x = M_{D^2}^{-1}(m) implied by the S-transform product, root cut on the positive i axis."""
-  w = z * m / (1.0 + m)
+  ratio = (1.0 + m) * _reciprocal(m)
+  w = z * _reciprocal(ratio)
   angle = jnp.angle(w)
   angle = jnp.where(angle > jnp.pi / 2, angle - 2 * jnp.pi, angle)
-  root = jnp.exp((jnp.log(jnp.abs(w)) + 1j * angle) / depth)
-  return (1.0 + m) / m * _s_w(m, sigma_w, gaussian) * root
+  root = jnp.exp(jax.lax.complex(jnp.log(jnp.abs(w)), angle) / depth)
+  return ratio * _s_w(m, sigma_w, gaussian) * root
+
+
+class _Point(NamedTuple):
+  """m at one z with F(m), dF/dm and dF/dz there."""
+  m: jax.Array
+  f: jax.Array
+  f_m: jax.Array
+  f_z: jax.Array
+
+
+def _physical(m, z):
+  """Im M <= 0 and Im G <= 0, G = (1 + m) / z: the physical root's half planes for Im z > 0.
+
+  Up to rounding: where the density vanishes (gaps, the tail of a law) both are ~0.
+  """
+  g = (1.0 + m) * jnp.conj(z)
+  return (m.imag <= _ROUNDING * jnp.abs(m)) & (g.imag <= _ROUNDING * jnp.abs(g))
+
+
+def _scale(m):
+  return jnp.abs(m) + jnp.abs(1.0 + m)     # >= 1: absolute tolerances on m and on 1 + m
+
+
+def _select(condition, a, b):
+  return jax.tree.map(lambda u, v: jnp.where(condition, u, v), a, b)
 
 
 @jax.jit
 def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
+  """m = M_{JJ^T}(lambda (1 + i _DELTA)) on the grid, and |F(m)| there.
 
-  def residual(m, z):
-    return _m_d2(_x_of(m, z, depth, sigma_w, gaussian), law) - m
+  Returns (m, residual, reached): reached counts the grid points solved (all of them unless
+  the continuation ran out of steps).
+  """
+  gaussian = jnp.asarray(gaussian, dtype=jnp.float64)
 
-  d_residual = jax.grad(residual, holomorphic=True)
+  def evaluate(m, z):
+    x = _x_of(m, z, depth, sigma_w, gaussian)
+    value, slope = _m_d2(x, law)
+    # d log x / dm from x = (1 + m) / m S_W(m) (z m / (1 + m))**(1 / L).
+    dlog_x = -((1.0 - 1.0 / depth) * _reciprocal(m) + gaussian) * _reciprocal(1.0 + m)
+    return _Point(m, value - m, slope * x * dlog_x - 1.0, slope * x / (depth * z))
 
-  def newton(m, z, iterations=_NEWTON):
-    def step(m, _):
-      f = residual(m, z)
-      direction = -f / d_residual(m, z)
+  def newton_step(point):
+    return -point.f * _reciprocal(point.f_m)
 
-      def rejected(state):
-        _, candidate, halvings = state
-        worse = jnp.abs(residual(candidate, z)) >= jnp.abs(f)
-        unphysical = (candidate.imag > 0) | (((1.0 + candidate) / z).imag > 0)
-        return (worse | unphysical) & (halvings < _BACKTRACK)
+  def newton(point, z):
+    """Damped Newton from `point` (evaluated at z): steps must lower |F| and stay physical.
 
-      def halve(state):
-        scale, _, halvings = state
-        return scale / 2, m + scale / 2 * direction, halvings + 1
+    Returns the last accepted point and whether it converged (next step below rounding).
+    """
 
-      _, candidate, halvings = jax.lax.while_loop(
-          rejected, halve, (1.0, m + direction, 0))
-      return jnp.where(halvings < _BACKTRACK, candidate, m), None
+    def cond(state):
+      _, _, _, it, done, _ = state
+      return ~done & (it < _NEWTON)
 
-    return jax.lax.scan(step, m, None, length=iterations)[0]
+    def body(state):
+      point, step, scale, it, _, _ = state
+      candidate = evaluate(point.m + scale * step, z)
+      better = (jnp.abs(candidate.f) < jnp.abs(point.f)) & _physical(candidate.m, z)
+      new_step = newton_step(candidate)
+      point = _select(better, candidate, point)
+      converged = better & ((jnp.abs(new_step) <= _TOL * _scale(candidate.m))
+                            | (candidate.f == 0))
+      # A refused step that is tiny, or with F at the level of its rounding: converged as far as
+      # the rounding of F allows (near a pole of G, |m| ~ 1 / _DELTA, that is far from _TOL).
+      floor = ~better & ((jnp.abs(point.f) <= _F_NOISE * _scale(point.m))
+                         | (jnp.abs(scale * step) <= _STUCK * _scale(point.m)))
+      given_up = ~better & (scale < 2.0**-_BACKTRACK)
+      step = jnp.where(better, new_step, step)
+      scale = jnp.where(better, 1.0, scale / 2)
+      return point, step, scale, it + 1, converged | floor | given_up, converged | floor
 
-  def descend(lam, m, height_from, height_to, levels):
-    def level(m, height):
-      return newton(m, lam + 1j * height), None
-    return jax.lax.scan(level, m, jnp.geomspace(height_from, height_to, levels))[0]
+    step = newton_step(point)
+    done = (jnp.abs(step) <= _TOL * _scale(point.m)) | (point.f == 0)
+    point, _, _, _, _, converged = jax.lax.while_loop(
+        cond, body, (point, step, 1.0, 0, done, done))
+    return point, converged
 
+  # Start far above the top of the grid, where m ~ m_1 / z + m_2 / z**2, and descend vertically
+  # to the final height (predictor dm/dz = -F_z / F_m, then Newton).
   top = lambdas[-1]
-  far = top + 100j * top
-  m_top = descend(top, m1 / far + m2 / far**2, 100.0 * top, _DELTA0 * top, 30)
+  heights = top * jnp.geomspace(_FAR, _DELTA, _LEVELS)
+  z_far = top + 1j * heights[0]
+  start, _ = newton(evaluate(m1 * _reciprocal(z_far) + m2 * _reciprocal(z_far**2), z_far), z_far)
 
-  def march(m, lam):
-    m = newton(m, lam * (1.0 + 1j * _DELTA0))
-    return m, m
+  def level(point_z, height):
+    point, z = point_z
+    z_new = top + 1j * height
+    guess = point.m - point.f_z * _reciprocal(point.f_m) * (z_new - z)
+    guess = jnp.where(_physical(guess, z_new), guess, point.m)
+    return (newton(evaluate(guess, z_new), z_new)[0], z_new), None
 
-  m_tube = jax.lax.scan(march, m_top, lambdas[::-1])[1][::-1]
+  point, _ = jax.lax.scan(level, (start, z_far), heights[1:])[0]
 
-  def finish(lam, m):
-    m = descend(lam, m, _DELTA0 * lam, _DELTA_MIN * lam, _LEVELS)
-    z = lam * (1.0 + 1j * _DELTA_MIN)
-    m = newton(m, z, _POLISH)
-    return -((1.0 + m) / z).imag / jnp.pi, jnp.abs(residual(m, z))
+  # March down the grid at the final height with step control. A step is the tangent predictor
+  # m + dm/dz dz, then Newton; it is taken only if the second Newton step is at most _THETA times
+  # the first (the predictor lies well inside its root's basin), m moves by at most
+  # _MAX_CHANGE (|m| + |1 + m|), and Newton converges; otherwise the step in log lambda is
+  # halved. Grid points are always landed on.
+  num = lambdas.shape[0]
+  out_m = jnp.zeros(num, dtype=point.m.dtype).at[-1].set(point.m)
+  out_f = jnp.zeros(num).at[-1].set(jnp.abs(point.f))
 
-  return jax.vmap(finish)(lambdas, m_tube)
+  def march_cond(state):
+    k, _, _, _, _, _, steps = state
+    return (k >= 0) & (steps < _MAX_STEPS + 4 * num)
+
+  def march_body(state):
+    k, lam, point, step, out_m, out_f, steps = state
+    # Below _STEP_MIN the step is taken to the grid point whatever the tests say (its residual
+    # tells how it went): no crawling.
+    forced = step < _STEP_MIN
+    reach = (lambdas[k] >= lam * jnp.exp(-step)) | forced
+    lam_new = jnp.where(reach, lambdas[k], lam * jnp.exp(-step))
+    z, z_new = lam * (1.0 + 1j * _DELTA), lam_new * (1.0 + 1j * _DELTA)
+    guess = point.m - point.f_z * _reciprocal(point.f_m) * (z_new - z)
+    guess = jnp.where(_physical(guess, z_new), guess, point.m)
+    first = evaluate(guess, z_new)
+    step1 = newton_step(first)
+    second = evaluate(first.m + step1, z_new)
+    step2 = newton_step(second)
+    noise = jnp.abs(second.f) <= _F_NOISE * _scale(second.m)
+    shrinking = ((jnp.abs(second.f) <= jnp.abs(first.f))
+                 & (jnp.abs(step2) <= _THETA * jnp.abs(step1)))
+    contracting = (shrinking | noise) & _physical(second.m, z_new)
+    limited = jnp.abs(second.m - point.m) <= _MAX_CHANGE * _scale(point.m)
+    better = contracting | (jnp.abs(second.f) < jnp.abs(first.f)) & _physical(second.m, z_new)
+    polished, converged = jax.lax.cond(
+        (contracting & limited) | forced, lambda p: newton(p, z_new),
+        lambda p: (p, jnp.asarray(False)), _select(better, second, first))
+    accept = (contracting & limited & converged) | forced
+    landed = accept & reach
+    out_m = jnp.where(landed, out_m.at[k].set(polished.m), out_m)
+    out_f = jnp.where(landed, out_f.at[k].set(jnp.abs(polished.f)), out_f)
+    point = _select(accept, polished, point)
+    step = jnp.where(accept, jnp.clip(2.0 * step, _STEP_MIN, _STEP_MAX),
+                     jnp.minimum(step, jnp.log(lam / lam_new)) / 2)
+    lam = jnp.where(accept, lam_new, lam)
+    return (k - landed.astype(k.dtype), lam, point, step, out_m, out_f, steps + 1)
+
+  k, _, _, _, out_m, out_f, _ = jax.lax.while_loop(
+      march_cond, march_body,
+      (jnp.asarray(num - 2), top, point, jnp.asarray(_STEP0), out_m, out_f, 0))
+  return out_m, out_f, num - 1 - k
 
 
 def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lambdas):
@@ -297,26 +630,35 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
     dynamical isometry: theory and practice", Sec. 3 and Fig. 2.
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
-  if act.name == "linear" and weights == "orthogonal":
-    raise ValueError("a linear orthogonal network has J J^T = sigma_w**(2L) I: the spectrum is "
-                     "one atom, not a density")
   lambdas = np.asarray(lambdas, dtype=np.float64)
   if lambdas.ndim != 1 or lambdas.size < 2 or np.any(lambdas <= 0) or np.any(np.diff(lambdas) <= 0):
     raise ValueError("lambdas must be a 1-d ascending grid of positive values")
   q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
+  atom_law = law.nodes.shape[0] == 0
+  if atom_law and law.p == 1.0 and weights == "orthogonal":
+    where = "" if act.name == "linear" else f" at q* = {q:.3g} (phi'(h)**2 constant to 1e-12)"
+    raise ValueError(f"a {act.name} orthogonal network{where} has J J^T = "
+                     f"(sigma_w**2 phi'(0)**2)**L I: the spectrum is one atom, not a density")
   mean, variance = jacobian_moments(act, sigma_w, sigma_b, depth, weights)
   with jax.enable_x64(True):
-    density, residual = _solve(
+    m, residual, reached = _solve(
         jnp.asarray(lambdas), law, float(depth), float(sigma_w), weights == "gaussian", mean,
         variance + mean**2)
-    density, residual = np.asarray(density), np.asarray(residual)
-  point_mass = 1.0 - law.p if law.h.size == 0 else 0.0
+    m, residual, reached = np.asarray(m), np.asarray(residual), int(reached)
+  if reached < lambdas.size or not (np.all(np.isfinite(m)) and np.all(np.isfinite(residual))):
+    raise ValueError(
+        f"the continuation did not reach lambda = {lambdas[lambdas.size - 1 - reached]:.6g} "
+        f"({reached} of {lambdas.size} grid points solved) for {act.name}, sigma_w={sigma_w}, "
+        f"sigma_b={sigma_b}, L={depth}, {weights}: the grid may be far wider than the spectrum")
+  z = lambdas * (1.0 + 1j * _DELTA)
+  density = -((1.0 + m) / z).imag / np.pi
+  point_mass = 1.0 - law.p if atom_law else 0.0
   top_mass = 0.0
-  if law.h.size == 0 and weights == "orthogonal":
+  if atom_law and weights == "orthogonal":
     top_mass = max(0.0, 1.0 - depth * (1.0 - law.p))
   return SpectralDensity(lambdas, np.maximum(density, 0.0), point_mass, residual, top_mass,
-                         float(sigma_w)**(2 * depth))
+                         (float(sigma_w)**2 * (law.atom if atom_law else 1.0))**depth)
 
 
 def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
@@ -334,11 +676,10 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
   jacobian_moments(act, sigma_w, sigma_b, depth, weights)  # raises where chi**L overflows
   q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
-  d_max = 1.0 if law.h.size == 0 else float(law.d.max())
   with jax.enable_x64(True):
-    x = d_max * (1.0 + jnp.geomspace(1e-12, 1e6, 4001))
-    m = jax.vmap(lambda xi: _m_d2(xi, law))(x)
-    s_w = _s_w(m, sigma_w, weights == "gaussian")
+    x = law.atom * (1.0 + jnp.geomspace(1e-12, 1e6, 4001))
+    m = _m_d2_real(x, law)
+    s_w = (1.0 / (1.0 + m) if weights == "gaussian" else 1.0) / sigma_w**2
     log_z = (depth * jnp.log(x) + (depth - 1) * (jnp.log(m) - jnp.log1p(m))
              - depth * jnp.log(s_w))
     return float(jnp.exp(jnp.min(log_z)))
