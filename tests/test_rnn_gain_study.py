@@ -1,0 +1,165 @@
+"""The gain study: its Jacobians and growth rates against dense references, the training seeds'
+input kernels, the paired statistics, and the script end to end on tiny synthetic data."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from isometry import data
+from isometry import models
+from isometry import rnn_gain_study as study
+from isometry import rnn_meanfield as rm
+from isometry import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _explicit_jacobian(params, x):
+  """prod_t D_t W^T by a Python loop over steps: the row-vector RNN h_t = tanh(x_t U + h W)."""
+  w, u = np.asarray(params["recurrent"]), np.asarray(params["input"])
+  h = np.zeros(w.shape[0])
+  jac = np.eye(w.shape[0])
+  for x_t in np.asarray(x):
+    a = x_t @ u + h @ w
+    h = np.tanh(a)
+    jac = (1.0 - h**2)[:, None] * (w.T @ jac)
+  return jac
+
+
+def test_data_rnn_jacobian_and_growth_rate_match_the_explicit_product(key):
+  k_init, k_x, k_u = jax.random.split(key, 3)
+  steps, dim, width = 5, 3, 6
+  with jax.enable_x64(True):
+    params = study.init_rnn(k_init, 1.3, dim, width, rm.glorot_variance(dim, width))
+    x = jax.random.uniform(k_x, (2, steps, dim), jnp.float64)
+    u = jax.random.normal(k_u, (4, 2, width), jnp.float64)
+    jac = study.data_rnn_jacobian(params, x[0])
+    q, rate = study.measure_growth(params, x, u)
+  expected = _explicit_jacobian(params, x[0])
+  # float64 products of 5 small matrices: agreement to rounding.
+  np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-14)
+  np.testing.assert_allclose(np.linalg.svd(jac, compute_uv=False),
+                             np.linalg.svd(expected, compute_uv=False), rtol=1e-12)
+  for b in range(2):
+    j = _explicit_jacobian(params, x[b])
+    pulled = np.asarray(u[:, b]) @ j          # u^T J = (J^T u)^T
+    ratio = np.sum(pulled**2, -1) / np.sum(np.asarray(u[:, b])**2, -1)
+    assert rate[b] == pytest.approx(np.log(ratio.mean()) / steps, rel=1e-12)
+  w, uk = np.asarray(params["recurrent"]), np.asarray(params["input"])
+  h, q_expected = np.zeros(width), []
+  for x_t in np.asarray(x[1]):
+    a = x_t @ uk + h @ w
+    q_expected.append(np.mean(a**2))
+    h = np.tanh(a)
+  np.testing.assert_allclose(q[:, 1], q_expected, rtol=1e-12)
+
+
+def test_init_rnn_is_the_keras_model_at_its_width_and_rescales_the_drive_elsewhere(key):
+  dim, hidden = 4, 8
+  variance = rm.glorot_variance(dim, hidden)
+  with jax.enable_x64(True):
+    model = study.init_rnn(key, 1.2, dim, hidden, variance)
+    wide = study.init_rnn(key, 1.2, dim, 32, variance)
+    recurrent = jax.nn.initializers.orthogonal()
+    keras = models.init_rnn(key, dim, hidden, 10, lambda k, s, d: 1.2 * recurrent(k, s, d),
+                                  jnp.float64)
+  np.testing.assert_allclose(model["input"], keras["input"], rtol=1e-15)
+  np.testing.assert_allclose(model["recurrent"], keras["recurrent"], rtol=1e-14)
+  w = np.asarray(model["recurrent"])
+  np.testing.assert_allclose(w.T @ w, 1.44 * np.eye(hidden), atol=1e-12)
+  # Glorot uniform: |U_ij| <= sqrt(3 variance), after the rescaling at width 32 as well.
+  assert np.max(np.abs(wide["input"])) <= np.sqrt(3 * variance) + 1e-12
+  assert np.max(np.abs(wide["input"])) > 0.8 * np.sqrt(3 * variance)
+
+
+def test_seed_input_kernel_is_the_one_the_training_sweep_draws():
+  dataset = data.synthetic_dataset(num_train=32, num_val=8, num_test=8, side=6)
+  config = train.TrainConfig(members=train.product_members(gains=(1.0, 1.3), seeds=2),
+                             hidden=8, batch_size=8, epochs=1, unroll=1, val_size=8,
+                             eval_batch_size=8)
+  arrays = train.prepare_arrays(config, dataset)
+  program = train.make_train(config, arrays)
+  hparams = jax.device_put(train.hparams_of(config.members, ("orthogonal",)),
+                           program.member_sharding)
+  states = program.init(hparams)
+  for i, member in enumerate(config.members):
+    np.testing.assert_array_equal(np.asarray(states["params"]["input"][i]),
+                                  study.seed_input_kernel(member.seed, 6, 8))
+
+
+def test_paired_difference_matches_scipy_and_ignores_missing_seeds():
+  a = np.array([0.81, 0.83, 0.80, np.nan, 0.84])
+  b = np.array([0.80, 0.80, 0.81, 0.79, 0.82])
+  d = study.paired_difference(a, b)
+  diff = np.array([0.01, 0.03, -0.01, 0.02])
+  assert d["n_pairs"] == 4 and d["wins"] == 3
+  assert d["mean_difference"] == pytest.approx(diff.mean())
+  half = stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
+  assert d["ci95"] == pytest.approx(half)
+  assert d["p_value"] == pytest.approx(stats.ttest_1samp(diff, 0.0).pvalue)
+
+
+def test_crossing_interpolates_the_sign_change():
+  assert study._crossing(np.array([1.0, 2.0, 3.0]), np.array([-0.2, 0.2, 0.5])) == \
+      pytest.approx(1.5)
+  assert study._crossing(np.array([1.0, 2.0]), np.array([0.1, 0.2])) is None
+
+
+def test_config_rejects_bad_values():
+  with pytest.raises(ValueError, match="seeds"):
+    study.StudyConfig(seeds=1)
+  with pytest.raises(ValueError, match="dataset"):
+    study.StudyConfig(dataset="cifar10")
+  with pytest.raises(ValueError, match="hand_gains"):
+    study.StudyConfig(hand_gains=(1.0, -1.0))
+  assert study.default_data_dir("mnist") is None
+
+
+def _script(*flags):
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_rnn_gain.py"),
+                         *flags], capture_output=True, text=True, timeout=600)
+
+
+def test_quick_run_writes_every_result(tmp_path):
+  proc = _script("--quick", f"--out_dir={tmp_path}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for name in ("study.json", "meanfield.png", "spectra.png", "accuracy.png"):
+    assert (tmp_path / name).stat().st_size > 1000, name
+  result = json.loads((tmp_path / "study.json").read_text())
+  th = result["theory"]
+  assert result["dataset"] == "synthetic"
+  assert set(th["critical_gain"]) == set(study.READINGS)
+  assert th["g_star"] == th["critical_gain"]["per_example"]
+  # Uniform [0, 1] pixels: E x^2 = 1/3, so q_in = 8 / 3 * 2 / (8 + 16) over the 8-pixel rows
+  # (64 images: the sample mean is within a few percent).
+  assert th["q_in_mean"] == pytest.approx(8 / 3 * 2 / 24, rel=0.05)
+  assert [c["gain"] for c in result["spectra"]][1:] == [1.0, 1.025, 1.25]
+  for case in result["spectra"]:
+    assert set(case["measured"]) == set(study.VARIANTS)
+  summary = result["training"]["summary"]
+  assert result["training"]["gains"][0] == round(th["g_star"], 3)
+  assert len(summary["results"]) == 8 and len(summary["comparisons"]) == 6
+  assert (tmp_path / "training" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds=1"], "seeds"),
+    (["--hand_gains=1,abc"], "hand_gains"),
+    (["--dataset=cifar10"], "dataset"),
+    (["--reg_strength=0"], "reg_strength"),
+    (["--data_dir=/no/such/folder"], "data_dir"),
+    (["stray"], "unexpected arguments"),
+])
+def test_script_rejects_bad_flags_with_one_line_and_exit_2(flags, message, tmp_path):
+  out = tmp_path / "out"
+  proc = _script(f"--out_dir={out}", *flags)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if "error" in line]
+  assert len(errors) == 1 and message in errors[0], proc.stderr
+  assert not out.exists()
