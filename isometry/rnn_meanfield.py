@@ -28,8 +28,8 @@ Three readings of the input (`rnn_mean_log_chi`, `rnn_critical_gain` take all th
     Gaussian across units over the draw of U, so this is the mean field of one sequence; the
     data average of the other two readings is taken before the nonlinear maps instead of after.
     (On row-by-row Fashion-MNIST at H = 128 the per-example rate matched sampled RNNs within
-    their standard error (RMS 0.006 per step over gains 0.8-1.6), the time-dependent and the
-    stationary readings by 0.04 and 0.09: see
+    their standard error (RMS 0.006 per step over gains 0.8-1.6); the time-dependent and the
+    stationary readings were off by 0.04 and 0.09: see
     results/rnn_critical_gain.)
 The Jacobian J = dh_T / dh_0 = D_T W ... D_1 W (D_t = diag(phi'(a_t))) then has mean squared
 singular value prod_t chi_t, and variance prod_t chi_t**2 * sum_t (mu_2,t / mu_1,t**2 - 1) for
@@ -38,7 +38,8 @@ D_t and the (tied) W are treated as free: the untied-weights approximation that
 `isometry.rnn_gain_study` tests against sampled RNNs.
 
 The critical gain g* is where the mean squared singular value neither grows nor decays: chi = 1
-(stationary), or prod_t chi_t = 1 (time-dependent).
+(stationary), prod_t chi_t = 1 (time-dependent), or the mean over examples of their
+log prod_t chi_t is 0 (per-example).
 
 Every function computes in float64 (inside `jax.enable_x64`), takes `activation` as a name or an
 `Activation`, and returns numpy float64 for concrete arguments; all but `rnn_critical_gain` (a
