@@ -554,8 +554,9 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
 
   point, _ = jax.lax.scan(level, (start, z_far), heights[1:])[0]
 
-  # March down the grid at the final height with step control. A step is the tangent predictor
-  # m + dm/dz dz, then Newton; it is taken only if the second Newton step is at most _THETA times
+  # March down the grid at the final height with step control. A step is a predictor (cubic
+  # Hermite extrapolation from the last two points, tangent m + dm/dz dz at the first), then
+  # Newton; it is taken only if the second Newton step is at most _THETA times
   # the first (the predictor lies well inside its root's basin), m moves by at most
   # _MAX_CHANGE (|m| + |1 + m|), and Newton converges; otherwise the step in log lambda is
   # halved. Grid points are always landed on.
@@ -564,18 +565,25 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
   out_f = jnp.zeros(num).at[-1].set(jnp.abs(point.f))
 
   def march_cond(state):
-    k, _, _, _, _, _, steps = state
+    k, _, _, _, _, _, _, steps = state
     return (k >= 0) & (steps < _MAX_STEPS + 4 * num)
 
   def march_body(state):
-    k, lam, point, step, out_m, out_f, steps = state
+    k, lam, point, previous, step, out_m, out_f, steps = state
     # Below _STEP_MIN the step is taken to the grid point whatever the tests say (its residual
     # tells how it went): no crawling.
     forced = step < _STEP_MIN
     reach = (lambdas[k] >= lam * jnp.exp(-step)) | forced
     lam_new = jnp.where(reach, lambdas[k], lam * jnp.exp(-step))
     z, z_new = lam * (1.0 + 1j * _DELTA), lam_new * (1.0 + 1j * _DELTA)
-    guess = point.m - point.f_z * _reciprocal(point.f_m) * (z_new - z)
+    slope = -point.f_z * _reciprocal(point.f_m)
+    z_previous, m_previous, slope_previous = previous
+    h = z - z_previous
+    s = (z_new - z) * _reciprocal(h)
+    a = m_previous - point.m + slope * h
+    b = (slope_previous - slope) * h
+    hermite = point.m + s * (slope * h + s * ((3.0 * a + b) + s * (2.0 * a + b)))
+    guess = jnp.where(h != 0, hermite, point.m + slope * (z_new - z))
     guess = jnp.where(_physical(guess, z_new), guess, point.m)
     first = evaluate(guess, z_new)
     step1 = newton_step(first)
@@ -594,15 +602,18 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
     landed = accept & reach
     out_m = jnp.where(landed, out_m.at[k].set(polished.m), out_m)
     out_f = jnp.where(landed, out_f.at[k].set(jnp.abs(polished.f)), out_f)
+    previous = _select(accept, (z, point.m, slope), previous)
     point = _select(accept, polished, point)
     step = jnp.where(accept, jnp.clip(2.0 * step, _STEP_MIN, _STEP_MAX),
                      jnp.minimum(step, jnp.log(lam / lam_new)) / 2)
     lam = jnp.where(accept, lam_new, lam)
-    return (k - landed.astype(k.dtype), lam, point, step, out_m, out_f, steps + 1)
+    return (k - landed.astype(k.dtype), lam, point, previous, step, out_m, out_f, steps + 1)
 
-  k, _, _, _, out_m, out_f, _ = jax.lax.while_loop(
+  z_top = top * (1.0 + 1j * _DELTA)
+  k, _, _, _, _, out_m, out_f, _ = jax.lax.while_loop(
       march_cond, march_body,
-      (jnp.asarray(num - 2), top, point, jnp.asarray(_STEP0), out_m, out_f, 0))
+      (jnp.asarray(num - 2), top, point, (z_top, point.m, point.m), jnp.asarray(_STEP0), out_m,
+       out_f, 0))
   return out_m, out_f, num - 1 - k
 
 
