@@ -69,7 +69,7 @@ from isometry import meanfield
 from isometry.activations import Activation, get_activation
 
 WEIGHTS = ("orthogonal", "gaussian")
-_MAX_LOG10_SCALE = 250   # |log10 chi**L| beyond this leaves no float64 room for the spread
+_MAX_LOG10_SCALE = 150   # |log10 chi**L| beyond this leaves no float64 room for the spread
 
 # The law of d = phi'(h)**2 for smooth phi: panels (see _panel_law).
 _FIT = 10                # interpolation nodes per panel: exact integrals of degree-9 polynomials
@@ -118,6 +118,7 @@ class SpectralDensity(NamedTuple):
       which every layer is sigma_w times an isometry (the pole of G at z(m -> inf) = sigma_w**(2L)
       has residue 1 - L (1 - p)); 0 otherwise. The continuous part integrates to
       1 - point_mass - top_mass.
+    top: sigma_w**(2L) where top_mass > 0; inf otherwise.
   """
   lambdas: np.ndarray
   density: np.ndarray
@@ -179,17 +180,31 @@ def jacobian_moments(activation, sigma_w, sigma_b, depth, weights):
     networks", eqs. (15)-(16); the same follows from expanding the S-transform product above.
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
-  q = fixed_point_variance(act, sigma_w, sigma_b)
-  mu1, mu2 = meanfield.mu(act, q, 1), meanfield.mu(act, q, 2)
-  log10_mean = depth * np.log10(sigma_w**2 * mu1)
-  if abs(log10_mean) > _MAX_LOG10_SCALE:
+  mean, spread = _scale_and_spread(act, sigma_w, sigma_b, depth, weights)
+  variance = depth * mean**2 * spread
+  if not np.isfinite(variance):
     raise ValueError(
-        f"chi**L = 10**{log10_mean:.0f} at chi = {sigma_w**2 * mu1:.4g}, L = {depth}: the spectrum's "
+        f"the variance L chi**(2L) (mu_2 / mu_1**2 - 1 - s_1) = 10**"
+        f"{np.log10(depth * spread) + 2 * np.log10(mean):.0f} overflows float64 at L = {depth}")
+  return float(mean), float(variance)
+
+
+def _scale_and_spread(act: Activation, sigma_w, sigma_b, depth, weights):
+  """chi**L and mu_2 / mu_1**2 - 1 - s_1; ValueError where chi**L leaves float64's room.
+
+  The density solver works in units of chi**L (`_solve` sees chi = 1), so only the scale itself
+  must be representable; _MAX_LOG10_SCALE also leaves room for the variance and the grid.
+  """
+  q = fixed_point_variance(act, sigma_w, sigma_b)
+  mu1, mu2 = float(meanfield.mu(act, q, 1)), float(meanfield.mu(act, q, 2))
+  chi = sigma_w**2 * mu1
+  log10_mean = depth * np.log10(chi) if chi > 0 else -np.inf
+  if not abs(log10_mean) <= _MAX_LOG10_SCALE:
+    raise ValueError(
+        f"chi**L = 10**{log10_mean:.0f} at chi = {chi:.4g}, L = {depth}: the spectrum's "
         f"scale is outside what float64 can represent with its spread; the theory applies, but "
         f"not in these units (choose a smaller depth or chi closer to 1)")
-  mean = float(10.0**log10_mean)
-  variance = float(depth * mean**2 * (mu2 / mu1**2 - 1.0 - _w_shift(weights)))
-  return mean, variance
+  return np.float64(10.0)**log10_mean, mu2 / mu1**2 - 1.0 - _w_shift(weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,61 +520,73 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
   def newton_step(point):
     return -point.f * _reciprocal(point.f_m)
 
-  def newton(point, z):
-    """Damped Newton from `point` (evaluated at z): steps must lower |F| and stay physical.
+  def newton(guess, z, check):
+    """Damped Newton from `guess` at z: steps must lower |F| and stay physical.
 
-    Returns the last accepted point and whether it converged (next step below rounding).
+    With `check`, the iteration is a continuation step and stops as soon as it fails the
+    contraction test: the first full step must lower |F| and the second Newton step be at most
+    _THETA times the first (unless F is already at its rounding).
+
+    Returns the last accepted point, whether Newton converged (its next step is below rounding,
+    or no step lowers a rounding-level |F|), and whether the contraction test passed.
     """
 
     def cond(state):
-      _, _, _, it, done, _ = state
-      return ~done & (it < _NEWTON)
+      return ~state[4] & (state[3] < _NEWTON)
 
     def body(state):
-      point, step, scale, it, _, _ = state
+      point, step, scale, it, _, _, _, first_step = state
       candidate = evaluate(point.m + scale * step, z)
-      better = (jnp.abs(candidate.f) < jnp.abs(point.f)) & _physical(candidate.m, z)
+      better = (it == 0) | (jnp.abs(candidate.f) < jnp.abs(point.f)) & _physical(candidate.m, z)
       new_step = newton_step(candidate)
       point = _select(better, candidate, point)
+      noise = jnp.abs(point.f) <= _F_NOISE * _scale(point.m)
       converged = better & ((jnp.abs(new_step) <= _TOL * _scale(candidate.m))
                             | (candidate.f == 0))
       # A refused step that is tiny, or with F at the level of its rounding: converged as far as
       # the rounding of F allows (near a pole of G, |m| ~ 1 / _DELTA, that is far from _TOL).
-      floor = ~better & ((jnp.abs(point.f) <= _F_NOISE * _scale(point.m))
-                         | (jnp.abs(scale * step) <= _STUCK * _scale(point.m)))
+      floor = ~better & (noise | (jnp.abs(scale * step) <= _STUCK * _scale(point.m)))
       given_up = ~better & (scale < 2.0**-_BACKTRACK)
+      contracted = (it != 1) | noise | (better & (jnp.abs(new_step) <= _THETA * first_step))
+      failed = check & ~contracted
+      first_step = jnp.where(it == 0, jnp.abs(new_step), first_step)
       step = jnp.where(better, new_step, step)
       scale = jnp.where(better, 1.0, scale / 2)
-      return point, step, scale, it + 1, converged | floor | given_up, converged | floor
+      return (point, step, scale, it + 1, converged | floor | given_up | failed,
+              converged | floor, ~failed, first_step)
 
-    step = newton_step(point)
-    done = (jnp.abs(step) <= _TOL * _scale(point.m)) | (point.f == 0)
-    point, _, _, _, _, converged = jax.lax.while_loop(
-        cond, body, (point, step, 1.0, 0, done, done))
-    return point, converged
+    start = _Point(guess, jnp.asarray(jnp.inf, guess.dtype), guess, guess)
+    state = (start, jnp.zeros_like(guess), 1.0, 0, jnp.asarray(False), jnp.asarray(False),
+             jnp.asarray(True), 0.0)
+    point, _, _, _, _, converged, contracted, _ = jax.lax.while_loop(cond, body, state)
+    return point, converged, contracted
+
+  def predicted(point, z, z_new):
+    guess = point.m - point.f_z * _reciprocal(point.f_m) * (z_new - z)
+    return jnp.where(_physical(guess, z_new), guess, point.m)
 
   # Start far above the top of the grid, where m ~ m_1 / z + m_2 / z**2, and descend vertically
-  # to the final height (predictor dm/dz = -F_z / F_m, then Newton).
+  # to the final height (tangent predictor dm/dz = -F_z / F_m, then Newton).
   top = lambdas[-1]
   heights = top * jnp.geomspace(_FAR, _DELTA, _LEVELS)
   z_far = top + 1j * heights[0]
-  start, _ = newton(evaluate(m1 * _reciprocal(z_far) + m2 * _reciprocal(z_far**2), z_far), z_far)
+  far = m1 * _reciprocal(z_far) + m2 * _reciprocal(z_far**2)
 
-  def level(point_z, height):
-    point, z = point_z
+  def level(carry, height):
+    point, z, first = carry
     z_new = top + 1j * height
-    guess = point.m - point.f_z * _reciprocal(point.f_m) * (z_new - z)
-    guess = jnp.where(_physical(guess, z_new), guess, point.m)
-    return (newton(evaluate(guess, z_new), z_new)[0], z_new), None
+    guess = jnp.where(first, far, predicted(point, z, z_new))
+    point, _, _ = newton(guess, z_new, False)
+    return (point, z_new, False), None
 
-  point, _ = jax.lax.scan(level, (start, z_far), heights[1:])[0]
+  start = _Point(far, far, far, far)
+  point, _, _ = jax.lax.scan(level, (start, z_far, True), heights)[0]
 
   # March down the grid at the final height with step control. A step is a predictor (cubic
   # Hermite extrapolation from the last two points, tangent m + dm/dz dz at the first), then
-  # Newton; it is taken only if the second Newton step is at most _THETA times
-  # the first (the predictor lies well inside its root's basin), m moves by at most
-  # _MAX_CHANGE (|m| + |1 + m|), and Newton converges; otherwise the step in log lambda is
-  # halved. Grid points are always landed on.
+  # Newton; it is taken only if Newton passes the contraction test (the predictor lies well
+  # inside its root's basin), m moves by at most _MAX_CHANGE (|m| + |1 + m|), and Newton
+  # converges; otherwise the step in log lambda is halved. Grid points are always landed on.
   num = lambdas.shape[0]
   out_m = jnp.zeros(num, dtype=point.m.dtype).at[-1].set(point.m)
   out_f = jnp.zeros(num).at[-1].set(jnp.abs(point.f))
@@ -585,25 +612,14 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
     hermite = point.m + s * (slope * h + s * ((3.0 * a + b) + s * (2.0 * a + b)))
     guess = jnp.where(h != 0, hermite, point.m + slope * (z_new - z))
     guess = jnp.where(_physical(guess, z_new), guess, point.m)
-    first = evaluate(guess, z_new)
-    step1 = newton_step(first)
-    second = evaluate(first.m + step1, z_new)
-    step2 = newton_step(second)
-    noise = jnp.abs(second.f) <= _F_NOISE * _scale(second.m)
-    shrinking = ((jnp.abs(second.f) <= jnp.abs(first.f))
-                 & (jnp.abs(step2) <= _THETA * jnp.abs(step1)))
-    contracting = (shrinking | noise) & _physical(second.m, z_new)
-    limited = jnp.abs(second.m - point.m) <= _MAX_CHANGE * _scale(point.m)
-    better = contracting | (jnp.abs(second.f) < jnp.abs(first.f)) & _physical(second.m, z_new)
-    polished, converged = jax.lax.cond(
-        (contracting & limited) | forced, lambda p: newton(p, z_new),
-        lambda p: (p, jnp.asarray(False)), _select(better, second, first))
-    accept = (contracting & limited & converged) | forced
+    new, converged, contracted = newton(guess, z_new, ~forced)
+    limited = jnp.abs(new.m - point.m) <= _MAX_CHANGE * _scale(point.m)
+    accept = (contracted & limited & converged) | forced
     landed = accept & reach
-    out_m = jnp.where(landed, out_m.at[k].set(polished.m), out_m)
-    out_f = jnp.where(landed, out_f.at[k].set(jnp.abs(polished.f)), out_f)
+    out_m = jnp.where(landed, out_m.at[k].set(new.m), out_m)
+    out_f = jnp.where(landed, out_f.at[k].set(jnp.abs(new.f)), out_f)
     previous = _select(accept, (z, point.m, slope), previous)
-    point = _select(accept, polished, point)
+    point = _select(accept, new, point)
     step = jnp.where(accept, jnp.clip(2.0 * step, _STEP_MIN, _STEP_MAX),
                      jnp.minimum(step, jnp.log(lam / lam_new)) / 2)
     lam = jnp.where(accept, lam_new, lam)
@@ -633,8 +649,10 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
     separately.
 
   Raises:
-    ValueError: bad arguments, or a linear network with orthogonal weights, whose spectrum is
-      the single atom sigma_w**(2L) (no density).
+    ValueError: bad arguments; chi**L outside [1e-150, 1e150]; a linear network with orthogonal
+      weights (or any phi at q* ~ 0), whose spectrum is the single atom (sigma_w phi'(0))**(2L)
+      (no density); a law of phi'**2 the panels do not support; or a continuation that does not
+      reach the bottom of the grid (never seen on grids from `spectral_grid`).
 
   References:
     Pennington, Schoenholz & Ganguli 2017, "Resurrecting the sigmoid in deep learning through
@@ -651,11 +669,13 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
     where = "" if act.name == "linear" else f" at q* = {q:.3g} (phi'(h)**2 constant to 1e-12)"
     raise ValueError(f"a {act.name} orthogonal network{where} has J J^T = "
                      f"(sigma_w**2 phi'(0)**2)**L I: the spectrum is one atom, not a density")
-  mean, variance = jacobian_moments(act, sigma_w, sigma_b, depth, weights)
+  # Solve for J J^T / chi**L (same m = M(z) at z / chi**L), whose weights have
+  # sigma_w**2 mu_1 = 1: every number the solver sees is O(1) whatever chi**L.
+  mean, spread = _scale_and_spread(act, sigma_w, sigma_b, depth, weights)
   with jax.enable_x64(True):
     m, residual, reached = _solve(
-        jnp.asarray(lambdas), law, float(depth), float(sigma_w), weights == "gaussian", mean,
-        variance + mean**2)
+        jnp.asarray(lambdas / mean), law, float(depth), float(sigma_w / mean**(0.5 / depth)),
+        weights == "gaussian", 1.0, 1.0 + depth * spread)
     m, residual, reached = np.asarray(m), np.asarray(residual), int(reached)
   if reached < lambdas.size or not (np.all(np.isfinite(m)) and np.all(np.isfinite(residual))):
     raise ValueError(
@@ -668,8 +688,9 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
   top_mass = 0.0
   if atom_law and weights == "orthogonal":
     top_mass = max(0.0, 1.0 - depth * (1.0 - law.p))
+  top = mean / law.p**depth if top_mass > 0 else np.inf    # (sigma_w**2 atom)**L, chi = sigma_w**2 p
   return SpectralDensity(lambdas, np.maximum(density, 0.0), point_mass, residual, top_mass,
-                         (float(sigma_w)**2 * (law.atom if atom_law else 1.0))**depth)
+                         float(top))
 
 
 def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
