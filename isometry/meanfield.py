@@ -604,13 +604,22 @@ def _depth_scales_jit(act, sigma_w, sigma_b):
 def c_star(activation: ActivationLike, sigma_w, sigma_b):
   """Stable fixed point c* of the correlation map: 1 in the ordered phase, < 1 in the chaotic.
 
+  Raises:
+    ValueError: for sigma_w <= 0, sigma_b < 0, or, with concrete arguments, where q* does not
+      exist (relu, linear at sigma_w**2 c > 1; nan under tracing).
+
   References:
     Schoenholz et al. 2016, section 3.
   """
   act = _resolve(activation)
   _check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
-    return _finish(_depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b))[2])
+    c = _finish(_depth_scales_jit(act, _f64(sigma_w), _f64(sigma_b))[2])
+  concrete = _concrete(c)
+  if concrete is not None and np.any(np.isnan(concrete)):
+    raise ValueError(f"no finite fixed point q* for {act.name} at sigma_w={sigma_w}, "
+                     f"sigma_b={sigma_b}: c* is undefined")
+  return c
 
 
 def depth_scales(activation: ActivationLike, sigma_w, sigma_b):
