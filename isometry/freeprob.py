@@ -78,12 +78,12 @@ _GRADING = 2.0           # across a panel, d and d_max - d change by at most thi
 _TOP = 0.25              # the top panel ends at d_max - d = _TOP d_max (or at h = sqrt(q*))
 _TAIL_MASS = 1e-14       # P(|h| > H) at the last panel end H ...
 _D_FLOOR = 1e-16         # ... or H where d = _D_FLOOR d_max (phi' = 1 - tanh**2 loses digits)
-_FINE = 8193             # points of the h grid that places the panel ends
-_PANEL_BUCKETS = (16, 32, 64, 128, 256)   # panel counts padded to these: one program each
+_FINE = 8000             # points of the h grid that places the panel ends
+_PANEL_BUCKETS = (64, 128, 256)   # panel counts padded to these: one program each (q* < ~10: 64)
 _NEAR = 0.4              # |eps| >= _NEAR: a t-panel is integrated exactly, else by its rule
 _NEAR_TOP = 4.0          # |sigma| <= _NEAR_TOP: the same for the top panel
 _WINDOW = 8              # t-panels near one x at most (checked when a law is built)
-_ATOM_SPREAD = 1e-12     # d_max - d(H) below this (relative): the law is the atom d_max
+_ATOM_SPREAD = 1e-12     # d_max - d(H) (relative), or 1 - p, below this: d is one atom
 
 # The solver.
 _DELTA = 1e-6            # relative height of the final density
@@ -204,7 +204,8 @@ def _scale_and_spread(act: Activation, sigma_w, sigma_b, depth, weights):
         f"chi**L = 10**{log10_mean:.0f} at chi = {chi:.4g}, L = {depth}: the spectrum's "
         f"scale is outside what float64 can represent with its spread; the theory applies, but "
         f"not in these units (choose a smaller depth or chi closer to 1)")
-  return np.float64(10.0)**log10_mean, mu2 / mu1**2 - 1.0 - _w_shift(weights)
+  # mu_2 >= mu_1**2 (Jensen); rounding leaves -1e-16 where d is an atom (q* = 0).
+  return np.float64(10.0)**log10_mean, max(mu2 / mu1**2 - 1.0, 0.0) - _w_shift(weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,12 +242,23 @@ def _atom_law(p: float, atom: float = 1.0) -> _D2Law:
                 np.zeros(0))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _d_and_slope_jit(act: Activation, h):
+  first, second = jax.jvp(act.derivative, (h,), (jnp.ones_like(h),))
+  return jnp.square(first), 2.0 * first * second
+
+
 def _d_and_slope(act: Activation, h):
-  """d(h) = phi'(h)**2 and d'(h) in float64 numpy, by jax's forward mode."""
+  """d(h) = phi'(h)**2 and d'(h) in float64 numpy, by jax's forward mode.
+
+  Inputs are padded to a power of two (>= 1024), so laws with different panel counts share
+  compiled programs.
+  """
+  h = np.asarray(h, dtype=np.float64)
+  size = max(1024, 1 << int(np.ceil(np.log2(max(h.size, 1)))))
   with jax.enable_x64(True):
-    h = jnp.asarray(h, dtype=jnp.float64)
-    first, second = jax.jvp(act.derivative, (h,), (jnp.ones_like(h),))
-    return np.asarray(first**2), np.asarray(2.0 * first * second)
+    d, slope = _d_and_slope_jit(act, jnp.asarray(np.pad(h.ravel(), (0, size - h.size))))
+  return (np.asarray(d)[:h.size].reshape(h.shape), np.asarray(slope)[:h.size].reshape(h.shape))
 
 
 @functools.lru_cache(maxsize=64)
@@ -254,7 +266,9 @@ def _d2_law(act: Activation, q: float) -> _D2Law:
   if act.name == "linear":
     return _atom_law(1.0)
   if act.bernoulli_derivative:
-    return _atom_law(float(meanfield.mu(act, q, 1)))
+    p = float(meanfield.mu(act, q, 1))
+    # Within _ATOM_SPREAD of 1 (hard_tanh at q* ~ 0): the atom at 0 is below float64's reach.
+    return _atom_law(1.0 if p >= 1.0 - _ATOM_SPREAD else p)
   if q <= 0:
     # h = 0: every layer is linear with gain phi'(0).
     d0, _ = _d_and_slope(act, np.zeros(1))
