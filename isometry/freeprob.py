@@ -218,12 +218,15 @@ class _D2Law(NamedTuple):
   An atom law (relu, hard_tanh, linear; any phi at q* = 0) puts mass `p` on d = `atom` and
   1 - p on d = 0, and has no panel rows. A smooth law (tanh, erf) has `atom` = d_max = max d and
   rows for panels over t = d, padded with empty rows to a size in `_PANEL_BUCKETS`:
-    row 0, the top panel t in [d_max - Y, d_max]: `centre` = d_max, `half` = Y, and `coef`
-      holds K(w) = sum_j coef_j w**j, where k(v) = K(v**2 / Y) is the density of
-      v = sqrt(d_max - t) times 2 v f (see `_m_d2`);
-    rows 1..: t-panels in decreasing t, with centre and half-length in t, and `coef` the
-      density f(t) = t p_d(t) as a polynomial in u = (t - centre) / half on [-1, 1]; the last
-      real row is the tail [0, d(H)], holding the mass P(|h| > H) spread uniformly.
+    row 0, the top panel t in [`lower`, `upper`] = [d_max - Y, d_max]: `coef` holds
+      K(w) = sum_j coef_j w**j, where k(v) = K(v**2 / Y) is the density of v = sqrt(d_max - t)
+      (see `_m_d2`);
+    rows 1..: t-panels in decreasing t, each [`lower`, `upper`], and `coef` the density
+      f(t) = t p_d(t) as a polynomial in u = (t - centre) / half on [-1, 1]; the last real row
+      is the tail [0, d(H)], holding the mass P(|h| > H) spread uniformly.
+  Neighbouring panels share their end points bitwise (lower[k] == upper[k + 1]): the exact
+  integrals have log singularities there that must cancel to the last digit when x is within
+  ~1e-14 of an end (narrow spectra put x that close to the support).
   `nodes`, `weights`: each panel's Gauss-Legendre rule, sum(weights * r(nodes)) ~ int f r dt / t
   (the weights are g(h) = 2 N(h; 0, q*) d(h) times the rule's weights in h).
   """
@@ -232,8 +235,8 @@ class _D2Law(NamedTuple):
   nodes: np.ndarray
   weights: np.ndarray
   coef: np.ndarray
-  centre: np.ndarray
-  half: np.ndarray
+  lower: np.ndarray
+  upper: np.ndarray
 
 
 def _atom_law(p: float, atom: float = 1.0) -> _D2Law:
@@ -338,7 +341,7 @@ def _panel_law(act: Activation, q: float) -> _D2Law:
     return -np.sum(_d_and_slope(act, inner_h)[1] * inner_w, axis=1)
 
   s_top = s_of(h_fit[0])
-  big_y = float(s_of(np.array([top_end]))[0])
+  big_y = d_max - d_ends[1]
   top_coef = np.linalg.solve(np.vander(s_top / big_y, _FIT, increasing=True),
                              2.0 * np.sqrt(s_top) * f_fit[0])
   # t-panels: f as a polynomial in u = (t - centre) / half.
@@ -356,39 +359,40 @@ def _panel_law(act: Activation, q: float) -> _D2Law:
   nodes = np.concatenate([nodes, tail_nodes])
   weights = np.concatenate([weights, tail_w * mass * tail_nodes / t_end])
   coef = np.concatenate([top_coef[None], coef, tail_coef[None]])
-  centre = np.concatenate([[d_max], centre, [t_end / 2]])
-  half = np.concatenate([[big_y], half, [t_end / 2]])
-  size = next((b for b in _PANEL_BUCKETS if b >= len(centre)), None)
+  upper = np.concatenate([[d_max], d_ends[1:]])
+  lower = np.concatenate([d_ends[1:], [0.0]])
+  size = next((b for b in _PANEL_BUCKETS if b >= len(upper)), None)
   if size is None:
     raise ValueError(f"the law of phi'(h)**2 for {act.name} at q* = {q:.6g} needs "
-                     f"{len(centre)} panels, more than the solver supports ({_PANEL_BUCKETS[-1]})")
-  # Empty rows: no weight, zero half-length (never near), below every real panel.
-  pad = size - len(centre)
+                     f"{len(upper)} panels, more than the solver supports ({_PANEL_BUCKETS[-1]})")
+  # Empty rows: no weight, zero length (never near), below every real panel.
+  pad = size - len(upper)
   nodes = np.concatenate([nodes, -np.ones((pad, _RULE))])
   weights = np.concatenate([weights, np.zeros((pad, _RULE))])
   coef = np.concatenate([coef, np.zeros((pad, _FIT))])
-  centre = np.concatenate([centre, -np.ones(pad)])
-  half = np.concatenate([half, np.zeros(pad)])
-  _check_window(centre[1:], half[1:])
-  return _D2Law(0.0, float(d_max), nodes, weights, coef, centre, half)
+  lower = np.concatenate([lower, -np.ones(pad)])
+  upper = np.concatenate([upper, -np.ones(pad)])
+  _check_window(lower[1:], upper[1:])
+  return _D2Law(0.0, float(d_max), nodes, weights, coef, lower, upper)
 
 
-def _window_start(x_real, centre, half):
+def _window_start(x_real, lower):
   """First t-panel of the _WINDOW examined for exact integration at x (t-panels in decreasing t).
 
   The window holds the panel containing Re x, _WINDOW // 2 - 1 panels above it and the rest
   below, clipped to the panels that exist.
   """
-  containing = jnp.sum(centre - half > x_real)
-  return jnp.clip(containing - (_WINDOW // 2 - 1), 0, centre.shape[0] - _WINDOW)
+  containing = jnp.sum(lower > x_real)
+  return jnp.clip(containing - (_WINDOW // 2 - 1), 0, lower.shape[0] - _WINDOW)
 
 
-def _check_window(centre, half):
+def _check_window(lower, upper):
   """Every t-panel with |eps| >= _NEAR at x lies in x's window (the worst x are real)."""
-  ends = np.concatenate([centre - half, centre + half])
-  x = np.concatenate([ends, ends * (1 + 1e-9), ends * (1 - 1e-9), centre, [-3.0, 3 * centre[0]]])
+  centre, half = (upper + lower) / 2, (upper - lower) / 2
+  ends = np.concatenate([lower, upper])
+  x = np.concatenate([ends, ends * (1 + 1e-9), ends * (1 - 1e-9), centre, [-3.0, 3 * upper[0]]])
   near = (half[None, :] > 0) & (half[None, :] >= _NEAR * np.abs(x[:, None] - centre[None, :]))
-  containing = np.sum(centre[None, :] - half[None, :] > x[:, None], axis=1)
+  containing = np.sum(lower[None, :] > x[:, None], axis=1)
   start = np.clip(containing - (_WINDOW // 2 - 1), 0, centre.size - _WINDOW)
   index = np.arange(centre.size)[None, :]
   inside = (index >= start[:, None]) & (index < start[:, None] + _WINDOW)
@@ -428,12 +432,16 @@ def _m_d2(x, law: _D2Law):
   # sigma = (x - d_max) / Y, V = sqrt(Y); lambda_j = int_0^1 r**2j / (sigma + r**2)**2 dr
   # gives the derivative. Upward recursions, stable for |sigma| <= _NEAR_TOP since the
   # coefficients b_j decay like (Y / d_max)**j <= _TOP**j.
-  d_max, big_y, b = law.centre[0], law.half[0], law.coef[0]
+  d_max, bottom, b = law.upper[0], law.lower[0], law.coef[0]
+  big_y = d_max - bottom
   sigma = (x - d_max) / big_y
   near_top = jnp.abs(sigma) <= _NEAR_TOP
   sigma = jnp.where(near_top, sigma, 1.0)
   root = jnp.sqrt(sigma)
-  kappa = jnp.log1p(2j * _reciprocal(root - 1j)) * _reciprocal(2j * root)  # arctan(1/root)/root
+  # arctan(1 / root) / root = log((root + i) / (root - i)) / (2 i root), with
+  # root - i = (sigma + 1) / (root + i) and sigma + 1 from the shared end point `bottom`.
+  end = jnp.where(near_top, (x - bottom) / big_y, 1.0)
+  kappa = jnp.log(jnp.square(root + 1j) * _reciprocal(end)) * _reciprocal(2j * root)
   lam = (_reciprocal(1.0 + sigma) + kappa) * _reciprocal(2.0 * sigma)
   top, d_top = b[0] * kappa, b[0] * lam
   for j in range(1, fit):
@@ -446,13 +454,16 @@ def _m_d2(x, law: _D2Law):
   # Near t-panels: (half / a) sum_j c_j phi_j(eps), a = x - centre, eps = half / a,
   # phi_j = int_{-1}^1 u**j / (1 - eps u) du, and psi_j = int u**j / (1 - eps u)**2 du for the
   # derivative. Upward recursions, stable for |eps| >= _NEAR (the c_j decay).
-  start = _window_start(x.real, law.centre[1:], law.half[1:])
+  start = _window_start(x.real, law.lower[1:])
   window = lambda v: jax.lax.dynamic_slice_in_dim(v[1:], start, _WINDOW)
-  centre, half, c = window(law.centre), window(law.half), window(law.coef)
-  a = x - centre
-  near = half >= _NEAR * jnp.abs(a)
+  lower, upper, c = window(law.lower), window(law.upper), window(law.coef)
+  half = (upper - lower) / 2
+  a = x - (upper + lower) / 2
+  near = (half > 0) & (half >= _NEAR * jnp.abs(a))
   inv = jnp.where(near, a / jnp.where(near, half, 1.0), 2.0)          # 1 / eps
-  phi = jnp.log1p(2.0 * _reciprocal(inv - 1.0)) * inv
+  # log((1 + eps) / (1 - eps)) = log((x - lower) / (x - upper)), from the shared end points.
+  ratio = jnp.where(near, (x - lower) * _reciprocal(x - upper), 3.0)
+  phi = jnp.log(ratio) * inv
   psi = 2.0 * jnp.square(inv) * _reciprocal(jnp.square(inv) - 1.0)
   total, d_total = c[:, 0] * phi, c[:, 0] * psi
   for j in range(1, fit):
