@@ -7,6 +7,10 @@ mass, mean and second moment of every density by Simpson's rule on an edge-clust
 orthogonal weights and Bernoulli D**2 at L (1 - p) < 1 the law has an atom at sigma_w**(2L).
 Monte-Carlo: KS distances to the squared singular values of two width-500 networks, the fraction
 of zero singular values (relu, hard_tanh) and of those at sigma_w**(2L).
+The solver's parts: M_{D^2} against adaptive quadrature off the support and the Plemelj formula on
+it (panel ends included); one orthogonal layer, whose spectrum is the law of sigma_w**2 phi'**2 in
+closed form; a march through the Cauchy peak of an atom against one that stops below it; a
+spectrum at chi**L = 1e-140 against Fuss-Catalan and against the same law in units of chi**L.
 
 Cost: the density solver compiles once per grid shape and per law kind (Bernoulli or product
 integration), so every density here is solved on a GRID_SIZE-point grid, and densities shared by
@@ -327,8 +331,9 @@ def test_density_integrals(args, depth, weights):
   # Error budget. Solver: 1e-5 relative pointwise (Fuss-Catalan test, measured). Quadrature:
   # Simpson in log lambda and in s, O(h**4): < 1e-5. Tail: extrapolating the bottom's local power
   # law, trusted to 30% (the exponent still drifts there; tail <= 3e-3 in these cases). Smooth
-  # phi: M_{D^2} by 512 product-integration panels, CDF error < 3e-4 (freeprob's NUM_PANELS).
-  panels = 3e-4 if args[0] == "tanh" else 0.0
+  # phi: M_{D^2} by product integration on panels, < 1e-9 relative (test_m_d2_against_quadrature;
+  # the solver's former 512 linear panels had a CDF error < 3e-4 and needed that much here).
+  panels = 1e-9 if args[0] == "tanh" else 0.0
   tolerance = 1e-4 + 0.3 * tail + panels
   assert tail < 3e-3
   assert abs(mass - (1 - result.point_mass)) <= tolerance, (mass, result.point_mass, tail)
@@ -378,6 +383,148 @@ def test_orthogonal_bernoulli_continuous_part_below_atom(depth):
   # Same error budget as test_density_integrals (Bernoulli: no panels); the atom's Cauchy tail
   # (relative width 1e-6) puts ~a 1e-6 lambda / (pi d) <= 1e-6 on the grid, d >= 0.1 lambda_max.
   np.testing.assert_allclose(_moment(result, 0) + _tail(result), (depth - 1) * (1 - p), atol=1e-4)
+
+
+def test_march_through_the_atom_keeps_the_branch():
+  # The same law as above at L = 2, solved once on a grid that stops below the continuous edge and
+  # once on one whose top lies above the atom at sigma_w**(2L): the march down the second crosses
+  # the atom's Cauchy peak (|m| ~ 1 / delta) and must come out on the same branch. The two solves
+  # share no path, so agreement at the common points (1e-9: converged roots differ by rounding,
+  # amplified near the continuous edge) means both found the physical root.
+  p = HARD_TANH_P
+  sigma_w = HARD_TANH[1]
+  depth = 2
+  m = p / (depth * (1 - p) - 1)
+  edge = sigma_w**(2 * depth) * (m + p)**depth / (m * (1 + m)**(depth - 1))
+  top = sigma_w**(2 * depth)
+  below = _integration_grid(edge)
+  through = np.concatenate([below[:-20], np.geomspace(1.001 * edge, 1.05 * top, 20)])
+  assert through[-1] > top > through[-21]
+  a = fp.jacobian_spectral_density(*HARD_TANH, depth, "orthogonal", below)
+  b = fp.jacobian_spectral_density(*HARD_TANH, depth, "orthogonal", through)
+  np.testing.assert_allclose(b.density[:-20], a.density[:-20], rtol=1e-9)
+  # Above the continuous edge only Cauchy kernels remain: the atoms' and the continuous part's,
+  # which at distance r above the edge is at most delta lambda (L - 1)(1 - p) / (pi r**2).
+  lam = through[-20:]
+  z = lam * (1 + 1j * _DELTA_MIN)
+  kernels = -(b.point_mass / z + b.top_mass / (z - b.top)).imag / np.pi
+  tail = _DELTA_MIN * lam * (depth - 1) * (1 - p) / (np.pi * (lam - edge)**2)
+  assert np.all(np.abs(b.density[-20:] - kernels) <= tail), (b.density[-20:] - kernels, tail)
+
+
+# --------------------------------------------------------------------------- the solver's parts
+
+def _d_and_slope(activation):
+  """phi'(h)**2 and its derivative in closed form (independent of isometry.activations)."""
+  if activation == "tanh":
+    return (lambda h: np.cosh(h)**-4.0), (lambda h: -4.0 * np.tanh(h) * np.cosh(h)**-4.0)
+  return (lambda h: 4 / np.pi * np.exp(-2 * h**2)), (lambda h: -16 / np.pi * h * np.exp(-2 * h**2))
+
+
+def _m_d2_by_quad(activation, q, x):
+  """E[d / (x - d)] by adaptive quadrature over h >= 0, with break points around d(h) = Re x."""
+  d, slope = _d_and_slope(activation)
+  end = 12 * np.sqrt(q)
+  g = lambda h: 2 * stats.norm.pdf(h, scale=np.sqrt(q)) * d(h)
+  points = None
+  if d(end) < x.real < d(0.0):
+    root = optimize.brentq(lambda h: d(h) - x.real, 0.0, end, xtol=1e-15)
+    width = min(abs(x.imag / slope(root)), np.sqrt(abs(x.imag)))
+    points = sorted({min(max(root + k * width, 0.0), end) for k in (-100, -10, -1, 0, 1, 10, 100)})
+  parts = [integrate.quad(lambda h: part(g(h) / (x - d(h))), 0.0, end, points=points, limit=500,
+                          epsabs=1e-14, epsrel=1e-12)[0] for part in (np.real, np.imag)]
+  return parts[0] + 1j * parts[1]
+
+
+@pytest.mark.parametrize("activation,q", [("tanh", 1.0), ("tanh", 1 / 64), ("erf", 1.0)])
+def test_m_d2_against_quadrature(activation, q):
+  law = fp._d2_law(fp.get_activation(activation), q)
+  d_max = law.atom
+  d, slope = _d_and_slope(activation)
+  assert d_max == pytest.approx(d(0.0), rel=1e-15)
+  m_d2 = jax_m_d2(law)
+  # At distance >= 1e-3 d_max from the real axis (where quad is reliable): the panels' rules and
+  # exact integrals agree with quadrature to < 3e-10 relative (measured; 1e-9 allowed). M' against
+  # a central difference with step 1e-4 Im x (error ~1e-8 from truncation, ~1e-11 from rounding).
+  for re in np.array([-0.2, 0.02, 0.3, 0.6, 0.9, 0.99, 1.2]) * d_max:
+    for im in np.array([1e-1, 1e-3]) * d_max:
+      x = re + 1j * im
+      value, derivative = m_d2(x)
+      np.testing.assert_allclose(value, _m_d2_by_quad(activation, q, x), rtol=1e-9, err_msg=x)
+      step = 1e-4 * im
+      central = (m_d2(x + step)[0] - m_d2(x - step)[0]) / (2 * step)
+      np.testing.assert_allclose(derivative, central, rtol=1e-6, err_msg=x)
+  # On the support, 1e-13 t above it (Plemelj): Im M = -pi f(t), f(t) = t p_d(t) = g(h) / |d'(h)|
+  # at d(h) = t, up to the Cauchy smoothing ~1e-13 t |f'| / f: from the square-root singularity
+  # at the top (h = 0.01 sqrt(q*): 1 - t ~ 2e-4 q*) down to the tail (h = 4 sqrt(q*); below
+  # d = 1e-16 d_max, which erf reaches at h = 4.3, the law is lumped). h = 1 sqrt(q*) is the top
+  # panel's end for q* = 1/64, where two panels' log singularities must cancel.
+  for h in np.array([0.01, 0.3, 1.0, 2.0, 4.0]) * np.sqrt(q):
+    t = d(h)
+    value, _ = m_d2(t * (1 + 1e-13j))
+    f = 2 * stats.norm.pdf(h, scale=np.sqrt(q)) * d(h) / abs(slope(h))
+    np.testing.assert_allclose(-value.imag / np.pi, f, rtol=1e-8, err_msg=h)
+
+
+def jax_m_d2(law):
+  """M_{D^2} and its derivative at one complex x, as numpy complex numbers."""
+  import jax
+  import jax.numpy as jnp
+
+  def m_d2(x):
+    with jax.enable_x64(True):
+      value, derivative = fp._m_d2(jnp.asarray(x, dtype=jnp.complex128), law)
+      return complex(value), complex(derivative)
+
+  return m_d2
+
+
+@pytest.mark.parametrize("activation,q,h_bottom", [("tanh", 1.0, 7.0), ("erf", 1.0, 4.2),
+                                                    ("tanh", 1 / 64, 3.0)])
+def test_one_orthogonal_layer_is_the_law_of_phi_prime_squared(activation, q, h_bottom):
+  # L = 1, orthogonal: J J^T = sigma_w**2 D W W^T D = sigma_w**2 D**2, whose density is the law of
+  # d = phi'(h)**2 scaled by sigma_w**2: rho(lambda) = 2 N(h; 0, q*) / |d'(h)| / sigma_w**2 at
+  # d(h) = lambda / sigma_w**2. This goes through every panel of the law: the top one with the
+  # square-root singularity, the graded ones and the tail, down to h_bottom sqrt(q*) (tanh at
+  # q* = 1: d ~ 1e-12; erf: d ~ 1e-15, just above where freeprob lumps the law, 1e-16 d_max). The
+  # solver's Cauchy smoothing (relative height delta = 1e-6) changes a smooth density by ~delta
+  # relative, by ~delta lambda / distance near the singular top edge (<= 1e-4 below 0.99 of it),
+  # and adds the kernel's tail ~delta lambda / (pi distance**2) of the bulk, which at q* = 1/64
+  # (bulk within 0.3 of the top) swamps the law's Gaussian tail below h ~ 4 sqrt(q*): the grid
+  # stops at 3 sqrt(q*) there (measured: < 1e-7 relative everywhere else).
+  sigma_w, sigma_b = _critical(activation, q)
+  d, slope = _d_and_slope(activation)
+  edge = fp.max_squared_singular_value(activation, sigma_w, sigma_b, 1, "orthogonal")
+  # The edge is the minimum of z(x) on a grid of x starting 1e-12 above d_max.
+  assert edge == pytest.approx(sigma_w**2 * d(0.0), rel=2e-12)
+  grid = np.geomspace(sigma_w**2 * d(h_bottom * np.sqrt(q)), 0.99 * edge, GRID_SIZE)
+  result = fp.jacobian_spectral_density(activation, sigma_w, sigma_b, 1, "orthogonal", grid)
+  h = np.array([optimize.brentq(lambda h: d(h) - t, 0.0, 20 * np.sqrt(q), xtol=1e-15, rtol=1e-15)
+                for t in grid / sigma_w**2])
+  exact = 2 * stats.norm.pdf(h, scale=np.sqrt(q)) / np.abs(slope(h)) / sigma_w**2
+  np.testing.assert_allclose(result.density, exact, rtol=1e-4)
+
+
+def test_deep_off_critical_network_in_units_of_chi_to_the_l():
+  # Linear Gaussian network with sigma_w = 0.2, L = 100: J J^T = sigma_w**(2L) times a
+  # Fuss-Catalan matrix, a spectrum at 1e-140 (the solver works in units of chi**L; in absolute
+  # units |z|**2 underflows). Tolerance: 1e-4 as in test_density_matches_fuss_catalan, plus the
+  # Cauchy kernel's tail at relative height delta, delta / (pi lambda) times the mass farther than
+  # lambda / 2 away (<= 1): at L = 100 most of the mass sits far below any lambda here (rho ~
+  # lambda**(-100/101)), which makes this 3e-5 of rho at the bottom and 7e-4 at 0.99 of the edge.
+  sigma_w, depth = 0.2, 100
+  scale = sigma_w**(2 * depth)
+  edge = fp.max_squared_singular_value("linear", sigma_w, 0.0, depth, "gaussian")
+  assert edge == pytest.approx(scale * (depth + 1)**(depth + 1) / depth**depth, rel=2e-5)
+  grid = np.geomspace(1e-8 * edge, 0.99 * edge, GRID_SIZE)
+  result = fp.jacobian_spectral_density("linear", sigma_w, 0.0, depth, "gaussian", grid)
+  x = grid / scale
+  exact = _fuss_catalan(x, depth)
+  error = np.abs(result.density * scale - exact)
+  assert np.all(error <= 1e-4 * exact + 2 * _DELTA_MIN / (np.pi * x)), np.max(error / exact)
+  # Scale-free: the same law with sigma_w = 1 (chi = 1) on the grid in units of chi**L.
+  unit = fp.jacobian_spectral_density("linear", 1.0, 0.0, depth, "gaussian", x)
+  np.testing.assert_allclose(result.density * scale, unit.density, rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- Monte-Carlo
