@@ -1,0 +1,623 @@
+"""Study A: vanishing and exploding gradients, deep MLPs and RNNs, against mean field.
+
+Part 1, deep MLPs at initialization. Network h_l = sigma_w x_{l-1} W_l + sigma_b b_l,
+x_l = phi(h_l), l = 1..L, width N, with W_l a unit-gain draw (Haar orthogonal, or Gaussian of
+variance 1 / N) and b_l ~ N(0, 1). Inputs start at the fixed point: x_0 = phi(h_0),
+h_0 ~ N(0, q*) (q0 = 1 for relu / linear without bias, whose gradients do not depend on the
+input's scale). The loss is a random linear read-out, L = sum_b <u_b, x_L^b> with u_b ~ N(0, I),
+so the top gradient dL/dx_L = u_b is independent of the forward pass, as the mean-field
+backward recursion assumes (Schoenholz et al. 2016, section 4). Backpropagation gives
+dL/dh_l = D_l (sigma_w W_{l+1} dL/dh_{l+1}) with D_l = diag(phi'(h_l)), and mean field predicts
+
+    E ||dL/dh_l||^2 = chi^(L - l) E ||dL/dh_L||^2,   chi = sigma_w^2 E[phi'(h)^2], h ~ N(0, q*),
+
+for orthogonal and Gaussian weights alike (Schoenholz et al. 2016, eq. 12; Pennington, Schoenholz
+& Ganguli 2017). We read dL/dh_l as the gradient with respect to a zero perturbation added to
+h_l, sweep sigma_w across chi = 1 (vmap over sigma_w inside one jit), and fit per seed
+
+    log ratio_l = a + s (L - l),   ratio_l = mean_b ||dL/dh_l^b||^2 / mean_b ||dL/dh_L^b||^2,
+
+whose slope s mean field predicts to be log chi. Fluctuations: the log-gain of one input over
+the whole depth, log(||dL/dh_1^b||^2 / ||dL/dh_L^b||^2); for linear networks it is exactly
+2 (L - 1) log sigma_w with orthogonal weights and a sum of L - 1 independent
+log(sigma_w^2 chi^2_N / N) terms with Gaussian ones (see `linear_gaussian_log_gain`).
+
+Part 2, the vanilla tanh RNN of `isometry.models` on row-by-row images: ||dL/dh_t|| over time
+at initialization and after a short training (Adam), for a few gains of the orthogonal recurrent
+kernel. The training is `isometry.train.run`, which records `grad_norm_through_time` on a probe
+batch at init and after every epoch.
+
+`run(config, out_dir)` writes gradients.json, A1_layer_norms.png, A2_log_slopes.png,
+A3_rnn_through_time.png and the training run in out_dir/rnn/.
+"""
+import dataclasses
+import functools
+import os
+import shutil
+import time
+from typing import Optional, Sequence, Tuple
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from scipy import optimize, special
+
+from isometry import data
+from isometry import initializers
+from isometry import io
+from isometry import meanfield
+from isometry import stats
+from isometry import train
+from isometry.activations import get_activation
+
+WEIGHTS = ("orthogonal", "gaussian")
+# Offline copies that a dataset name falls back to when no data_dir is given (Debian's
+# dataset-fashion-mnist package); other datasets go through TFDS.
+OFFLINE_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+_HOMOGENEOUS = ("linear", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientStudyConfig:
+  """What study A measures. Defaults: the committed run (about 4 minutes on 2 CPU cores).
+
+  Attributes:
+    activations: MLP nonlinearities.
+    sigma_b: bias scale per activation (same length as `activations`).
+    sigma_w_factors: sigma_w / sigma_w_critical, where chi(sigma_w_critical, sigma_b) = 1.
+    weights: weight distributions ("orthogonal", "gaussian").
+    width, depth: N and L of the MLPs.
+    batch: inputs per network.
+    seeds: independent networks per (activation, weights, sigma_w) (>= 2 for an interval; the
+      sigma_w sweep reuses each network's unit-gain weights: common random numbers).
+    seed: PRNG seed of the MLP part.
+    rnn_gains: gains of the orthogonal recurrent kernel.
+    rnn_seeds: seeds per gain.
+    dataset, data_dir: images for the RNN (data_dir None: OFFLINE_DATA_DIRS, else TFDS).
+    synthetic_data: train the RNN on a tiny synthetic task instead (smoke tests, --quick).
+    rnn_hidden, rnn_epochs, rnn_batch_size, rnn_lr: the RNN's training (Adam).
+    rnn_train_examples: keep the first n training examples (None: all).
+    rnn_val_size: training examples held out for validation.
+  """
+  activations: Tuple[str, ...] = ("tanh", "linear", "relu")
+  sigma_b: Tuple[float, ...] = (0.05, 0.0, 0.0)
+  sigma_w_factors: Tuple[float, ...] = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5)
+  weights: Tuple[str, ...] = WEIGHTS
+  width: int = 256
+  depth: int = 64
+  batch: int = 16
+  seeds: int = 8
+  seed: int = 0
+  rnn_gains: Tuple[float, ...] = (0.9, 1.0, 1.025, 1.25)
+  rnn_seeds: int = 5
+  dataset: str = "fashion_mnist"
+  data_dir: Optional[str] = None
+  synthetic_data: bool = False
+  rnn_hidden: int = 128
+  rnn_epochs: int = 2
+  rnn_batch_size: int = 128
+  rnn_lr: float = 1e-3
+  rnn_train_examples: Optional[int] = 12800
+  rnn_val_size: int = 2000
+
+  def __post_init__(self):
+    for name in ("activations", "sigma_b", "sigma_w_factors", "weights", "rnn_gains"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    if not self.activations:
+      raise ValueError("activations is empty")
+    for act in self.activations:
+      get_activation(act)
+    if len(self.sigma_b) != len(self.activations):
+      raise ValueError(f"sigma_b needs one value per activation ({len(self.activations)}), got "
+                       f"{len(self.sigma_b)}")
+    if any(not b >= 0 for b in self.sigma_b):
+      raise ValueError(f"sigma_b must be >= 0, got {self.sigma_b}")
+    if not self.sigma_w_factors or any(not f > 0 for f in self.sigma_w_factors):
+      raise ValueError(f"sigma_w_factors must be > 0, got {self.sigma_w_factors}")
+    if not self.weights or any(w not in WEIGHTS for w in self.weights):
+      raise ValueError(f"weights must be among {', '.join(WEIGHTS)}, got {self.weights}")
+    for name in ("width", "depth", "batch", "rnn_hidden", "rnn_epochs", "rnn_batch_size",
+                 "rnn_val_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.depth < 2:
+      raise ValueError(f"depth must be >= 2 to fit a slope, got {self.depth}")
+    for name in ("seeds", "rnn_seeds"):
+      if getattr(self, name) < 2:
+        raise ValueError(f"{name} must be >= 2 for a confidence interval, got "
+                         f"{getattr(self, name)}")
+    if not self.rnn_gains or any(not g > 0 for g in self.rnn_gains):
+      raise ValueError(f"rnn_gains must be > 0, got {self.rnn_gains}")
+    if not self.rnn_lr > 0:
+      raise ValueError(f"rnn_lr must be > 0, got {self.rnn_lr}")
+    if self.rnn_train_examples is not None and self.rnn_train_examples < self.rnn_batch_size:
+      raise ValueError(f"rnn_train_examples ({self.rnn_train_examples}) must be >= "
+                       f"rnn_batch_size ({self.rnn_batch_size})")
+    if self.dataset not in data.NAMES:
+      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.NAMES)}")
+
+  @classmethod
+  def quick(cls, **overrides) -> "GradientStudyConfig":
+    """A seconds-long smoke version: tiny networks, a synthetic RNN task."""
+    settings = dict(sigma_w_factors=(0.9, 1.0, 1.1), width=32, depth=8, batch=4, seeds=5,
+                    rnn_gains=(1.0, 1.25), rnn_seeds=2, synthetic_data=True, rnn_hidden=8,
+                    rnn_epochs=1, rnn_batch_size=16, rnn_train_examples=None, rnn_val_size=16)
+    settings.update(overrides)
+    return cls(**settings)
+
+
+def resolve_data_dir(dataset: str, data_dir: Optional[str]) -> Optional[str]:
+  """data_dir if given; else the offline copy of `dataset` if this machine has one; else None
+  (TFDS's default directory, downloading when connected)."""
+  if data_dir is not None:
+    return data_dir
+  offline = OFFLINE_DATA_DIRS.get(dataset)
+  return offline if offline is not None and os.path.isdir(offline) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Theory.
+
+
+def critical_sigma_w(activation: str, sigma_b: float) -> float:
+  """The sigma_w on the critical line chi(sigma_w, sigma_b) = 1 at this bias scale.
+
+  linear: 1, relu: sqrt(2) (chi = sigma_w^2, sigma_w^2 / 2 for any sigma_b); otherwise the root
+  of meanfield.chi - 1 by Brent's method on [0.1, 10] (chi increases with sigma_w there).
+
+  Raises:
+    ValueError: no root in the bracket.
+
+  References:
+    Schoenholz et al., Deep information propagation, 2016 (the order-to-chaos line chi = 1).
+  """
+  if activation == "linear":
+    return 1.0
+  if activation == "relu":
+    return float(np.sqrt(2.0))
+  f = lambda sw: float(meanfield.chi(activation, sw, sigma_b)) - 1.0
+  lo, hi = 0.1, 10.0
+  if not f(lo) < 0 < f(hi):
+    raise ValueError(f"no critical sigma_w for {activation} at sigma_b={sigma_b} in [{lo}, {hi}]")
+  return float(optimize.brentq(f, lo, hi, xtol=1e-14, rtol=1e-14))
+
+
+def input_variance(activation: str, sigma_w: float, sigma_b: float) -> float:
+  """q0 of the inputs: the fixed point q*, or 1 for relu / linear without bias (no finite q*
+  or every q fixed; their gradients do not depend on the input scale then)."""
+  if activation in _HOMOGENEOUS and sigma_b == 0:
+    return 1.0
+  return float(meanfield.q_star(activation, sigma_w, sigma_b))
+
+
+def linear_gaussian_log_gain(sigma_w, width: int, steps: int):
+  """Mean and standard deviation of log(||g_l||^2 / ||g_{l+steps}||^2) in a linear network.
+
+  With Gaussian weights of variance sigma_w^2 / N, g_{l-1} = sigma_w W_l g_l has
+  ||g_{l-1}||^2 / ||g_l||^2 ~ sigma_w^2 chi^2_N / N independently of g_l's direction, so the
+  log-gain over `steps` layers is a sum of `steps` independent terms with
+  E log(chi^2_N / N) = digamma(N / 2) + log(2 / N), Var = trigamma(N / 2).
+  (Orthogonal weights: exactly 2 steps log sigma_w, no spread.)
+
+  Returns:
+    (mean, std), floats.
+  """
+  per_step_mean = 2.0 * np.log(sigma_w) + special.digamma(width / 2) + np.log(2.0 / width)
+  per_step_var = special.polygamma(1, width / 2)
+  return float(steps * per_step_mean), float(np.sqrt(steps * per_step_var))
+
+
+# ----------------------------------------------------------------------------------------------
+# Monte-Carlo: per-layer gradient norms of random MLPs.
+
+
+def _network_norms(key, activations, weights, sigma_w, sigma_b, q0, depth, width, batch):
+  """Per weights, per activation: (S, L, B) squared norms ||dL/dh_l^b||^2 of one network draw."""
+  k_w, k_b, k_x, k_u = jax.random.split(key, 4)
+  bias = jax.random.normal(k_b, (depth, width), jnp.float64)
+  z = jax.random.normal(k_x, (batch, width), jnp.float64)
+  u = jax.random.normal(k_u, (batch, width), jnp.float64)
+  layer_keys = jax.random.split(k_w, depth)
+  results = []
+  for name in weights:
+    init = initializers.get_initializer(name, 1.0)
+    # Unit gain, scaled by sigma_w after the product: the draw does not depend on sigma_w, so
+    # the vmap over sigma_w below shares it instead of materializing one copy per sigma_w.
+    w = jax.vmap(lambda k: init(k, (width, width), jnp.float64))(layer_keys)
+    per_activation = []
+    for a, act_name in enumerate(activations):
+      phi = get_activation(act_name).fn
+
+      def loss(eps, sw, sb, q):
+        def layer(x, inputs):
+          w_l, b_l, e_l = inputs
+          return phi(sw * (x @ w_l) + sb * b_l[None, :] + e_l), None
+        x, _ = lax.scan(layer, phi(jnp.sqrt(q) * z), (w, bias, eps))
+        return jnp.sum(x * u)
+
+      def norms(sw, q, a=a, loss=loss):
+        eps = jnp.zeros((depth, batch, width), jnp.float64)
+        g = jax.grad(loss)(eps, sw, sigma_b[a], q)
+        return jnp.sum(jnp.square(g), axis=-1)
+
+      per_activation.append(jax.vmap(norms)(sigma_w[a], q0[a]))
+    results.append(tuple(per_activation))
+  return tuple(results)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 6, 7, 8))
+def _norms_jit(keys, activations, weights, sigma_w, sigma_b, q0, depth, width, batch):
+  # lax.map over networks: one network's (L, N, N) weights live at a time.
+  return lax.map(lambda k: _network_norms(k, activations, weights, sigma_w, sigma_b, q0, depth,
+                                          width, batch), keys)
+
+
+def layer_gradient_norms(key, activations: Sequence[str], weights: Sequence[str], sigma_w,
+                         sigma_b, q0, depth: int, width: int, batch: int, num_networks: int):
+  """||dL/dh_l||^2 for l = 1..L in random MLPs at initialization (float64, one jit).
+
+  Args:
+    key: PRNG key; network k uses split(key, num_networks)[k] for every activation, weight
+      distribution and sigma_w (common random numbers).
+    activations: names, static.
+    weights: "orthogonal" and/or "gaussian", static.
+    sigma_w: (A, S) weight scales per activation.
+    sigma_b: (A,) bias scales.
+    q0: (A, S) variances of the input pre-activations.
+    depth, width, batch, num_networks: L, N, inputs per network, networks.
+
+  Returns:
+    numpy float64 (len(weights), A, num_networks, S, L, batch); entry [..., l - 1, b] is
+    ||dL/dh_l^b||^2 for the module's network and loss.
+  """
+  with jax.enable_x64(True):
+    sigma_w = jnp.asarray(sigma_w, jnp.float64)
+    sigma_b = jnp.asarray(sigma_b, jnp.float64)
+    q0 = jnp.asarray(q0, jnp.float64)
+    if sigma_w.ndim != 2 or sigma_w.shape[0] != len(activations) or q0.shape != sigma_w.shape:
+      raise ValueError(f"sigma_w and q0 must be (A, S) with A = {len(activations)}, got "
+                       f"{sigma_w.shape} and {q0.shape}")
+    keys = jax.random.split(key, num_networks)
+    out = _norms_jit(keys, tuple(activations), tuple(weights), sigma_w, sigma_b, q0, depth,
+                     width, batch)
+    return np.stack([np.stack([np.asarray(x) for x in per_act]) for per_act in out])
+
+
+def log_slope(log_ratio):
+  """Least-squares slope s of log_ratio[..., l - 1] = a + s (L - l) over l = 1..L.
+
+  Args:
+    log_ratio: (..., L) log of ||dL/dh_l||^2 relative to the last layer.
+
+  Returns:
+    (...) slopes; mean field predicts log chi.
+  """
+  log_ratio = np.asarray(log_ratio, np.float64)
+  depth = log_ratio.shape[-1]
+  x = (depth - 1 - np.arange(depth)).astype(np.float64)  # L - l for l = 1..L
+  x = x - x.mean()
+  y = log_ratio - log_ratio.mean(axis=-1, keepdims=True)
+  return np.sum(y * x, axis=-1) / np.sum(x * x)
+
+
+def summarize_norms(norms):
+  """Per-network ratios, slopes and per-input log-gains from (K, S, L, B) squared norms.
+
+  Returns:
+    dict of numpy arrays: "log_ratio" (K, S, L), log of the batch-mean ratio to the last layer;
+    "slope" (K, S), its `log_slope`; "log_gain" (K, S, B), log(||dL/dh_1^b||^2 /
+    ||dL/dh_L^b||^2) per input.
+  """
+  norms = np.asarray(norms, np.float64)
+  mean = norms.mean(axis=-1)
+  log_ratio = np.log(mean) - np.log(mean[..., -1:])
+  log_gain = np.log(norms[..., 0, :]) - np.log(norms[..., -1, :])
+  return {"log_ratio": log_ratio, "slope": log_slope(log_ratio), "log_gain": log_gain}
+
+
+def mlp_study(config: GradientStudyConfig) -> dict:
+  """Part 1: the sigma_w sweep for every activation and weight distribution (JSON-ready)."""
+  sigma_c = np.array([critical_sigma_w(a, b) for a, b in zip(config.activations, config.sigma_b)])
+  factors = np.asarray(config.sigma_w_factors, np.float64)
+  sigma_w = sigma_c[:, None] * factors[None, :]
+  q0 = np.array([[input_variance(a, sw, b) for sw in row]
+                 for a, b, row in zip(config.activations, config.sigma_b, sigma_w)])
+  start = time.perf_counter()
+  norms = layer_gradient_norms(jax.random.key(config.seed), config.activations, config.weights,
+                               sigma_w, np.asarray(config.sigma_b), q0, config.depth,
+                               config.width, config.batch, config.seeds)
+  seconds = time.perf_counter() - start
+  logging.info("MLP gradient norms: %d networks x %d sigma_w x %d activations x %d weights in "
+               "%.1fs", config.seeds, len(factors), len(config.activations),
+               len(config.weights), seconds)
+  cases = []
+  for a, act in enumerate(config.activations):
+    chi = np.array([float(meanfield.chi(act, sw, config.sigma_b[a])) for sw in sigma_w[a]])
+    case = {"activation": act, "sigma_b": config.sigma_b[a], "sigma_w_critical": sigma_c[a],
+            "sigma_w": sigma_w[a], "q0": q0[a], "chi": chi, "log_chi": np.log(chi),
+            "weights": {}}
+    if act == "linear":
+      moments = [linear_gaussian_log_gain(sw, config.width, config.depth - 1) for sw in sigma_w[a]]
+      case["theory_log_gain_gaussian"] = {"mean": [m for m, _ in moments],
+                                          "std": [s for _, s in moments]}
+      case["theory_log_gain_orthogonal"] = {
+          "mean": list(2 * (config.depth - 1) * np.log(sigma_w[a])), "std": [0.0] * len(factors)}
+    for w, name in enumerate(config.weights):
+      summary = summarize_norms(norms[w, a])
+      ratio_mean, ratio_ci = stats.mean_ci(summary["log_ratio"], axis=0)
+      slope_mean, slope_ci = stats.mean_ci(summary["slope"], axis=0)
+      gains = summary["log_gain"]
+      flat_gains = np.moveaxis(gains, 1, 0).reshape(len(factors), -1)
+      # Per-input spread within a network, then its interval over networks.
+      spread_mean, spread_ci = stats.mean_ci(gains.std(axis=-1, ddof=1), axis=0)
+      case["weights"][name] = {
+          "log_ratio_mean": ratio_mean, "log_ratio_ci95": ratio_ci,
+          "slope_per_seed": summary["slope"], "slope_mean": slope_mean, "slope_ci95": slope_ci,
+          "slope_minus_log_chi": slope_mean - np.log(chi),
+          "log_gain_mean": flat_gains.mean(axis=1), "log_gain_std": flat_gains.std(axis=1, ddof=1),
+          "log_gain_std_within_network_mean": spread_mean,
+          "log_gain_std_within_network_ci95": spread_ci,
+      }
+      logging.info("%s %s: slope - log chi = %s (95%% CI +- %s); per-input log-gain std %s",
+                   act, name, np.round(slope_mean - np.log(chi), 4), np.round(slope_ci, 4),
+                   np.round(flat_gains.std(axis=1, ddof=1), 3))
+    cases.append(case)
+  return {"cases": cases, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------------------------
+# The RNN: gradient norms through time, at init and after a short training.
+
+
+def synthetic_dataset(seed: int = 0, n_train: int = 64, n_eval: int = 32,
+                      side: int = 6) -> data.Dataset:
+  """A tiny learnable image task for smoke runs: the label picks which row is bright."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    y = rng.integers(0, 10, n).astype(np.int32)
+    x = 0.3 * rng.random((n, side, side), dtype=np.float32)
+    x[np.arange(n), y % side, :] += 0.7 * (1 + y[:, None] // side) / 2
+    return x, y
+
+  return data.Dataset(*split(n_train), *split(n_eval), *split(n_eval))
+
+
+def rnn_train_config(config: GradientStudyConfig) -> train.TrainConfig:
+  """The sweep of part 2: orthogonal recurrent kernels at each gain x seed, no penalty, Adam."""
+  members = train.product_members(inits=("orthogonal",), gains=config.rnn_gains,
+                                  lrs=(config.rnn_lr,), seeds=config.rnn_seeds)
+  synthetic = config.synthetic_data
+  return train.TrainConfig(
+      members=members, model="rnn",
+      # The synthetic task is passed to train.run as data; the name is a placeholder then.
+      dataset="mnist" if synthetic else config.dataset,
+      data_dir=None if synthetic else resolve_data_dir(config.dataset, config.data_dir),
+      task="row", hidden=config.rnn_hidden, regularizer="none", optimizer="adam",
+      batch_size=config.rnn_batch_size, epochs=config.rnn_epochs,
+      unroll=1 if synthetic else 4, val_size=config.rnn_val_size,
+      max_train_examples=config.rnn_train_examples,
+      eval_batch_size=32 if synthetic else 1000)
+
+
+def summarize_rnn(metrics: dict) -> dict:
+  """Per gain: ||dL/dh_t|| at init and after the last epoch (mean of log10 over seeds, 95% CI),
+  the log10 ratio ||dL/dh_0|| / ||dL/dh_{T-1}||, and test accuracy."""
+  groups = {}
+  for member in metrics["members"]:
+    groups.setdefault(member["config"]["gain"], []).append(member)
+  out = []
+  for gain, members in groups.items():
+    entry = {"gain": gain, "seeds": len(members)}
+    for which in ("initial", "trained"):
+      rows = np.array([[np.nan if v is None else v for v in
+                        (m["initial"] if which == "initial" else m["epochs"][-1])
+                        ["grad_norm_through_time"]] for m in members], np.float64)
+      log_norm = np.log10(rows)
+      mean, ci = stats.mean_ci(log_norm, axis=0)
+      ratio_mean, ratio_ci = stats.mean_ci(log_norm[:, 0] - log_norm[:, -1])
+      entry[which] = {"log10_norm_mean": mean, "log10_norm_ci95": ci,
+                      "log10_first_over_last_mean": ratio_mean,
+                      "log10_first_over_last_ci95": ratio_ci}
+    acc_mean, acc_ci = stats.mean_ci([np.nan if m["test_accuracy"] is None else m["test_accuracy"]
+                                      for m in members])
+    entry["test_accuracy_mean"], entry["test_accuracy_ci95"] = acc_mean, acc_ci
+    out.append(entry)
+  return {"time_steps": metrics.get("grad_norm_time_steps"), "gains": out}
+
+
+def load_rnn_dataset(config: GradientStudyConfig) -> data.Dataset:
+  """The RNN's images: the synthetic task, or config.dataset (offline copy or TFDS).
+
+  Raises:
+    data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
+  """
+  if config.synthetic_data:
+    return synthetic_dataset()
+  return data.load_dataset(config.dataset, resolve_data_dir(config.dataset, config.data_dir),
+                           val_size=config.rnn_val_size)
+
+
+def rnn_study(config: GradientStudyConfig, out_dir: str,
+              dataset: Optional[data.Dataset] = None) -> dict:
+  """Part 2: trains the gain sweep with `isometry.train.run` into out_dir and summarizes it.
+
+  Args:
+    config: the study.
+    out_dir: folder of the training run.
+    dataset: preloaded `load_rnn_dataset(config)` (loaded here if None).
+
+  The engine's checkpoint.npz is removed afterwards: the study does not resume, and the
+  per-epoch metrics (metrics.json, spectra.npz) are what it reads.
+  """
+  train_config = rnn_train_config(config)
+  if dataset is None:
+    dataset = load_rnn_dataset(config)
+  start = time.perf_counter()
+  metrics = train.run(train_config, out_dir, dataset=dataset, plots=False)
+  seconds = time.perf_counter() - start
+  checkpoint = os.path.join(out_dir, train.CHECKPOINT)
+  if os.path.exists(checkpoint):
+    os.remove(checkpoint)
+  summary = summarize_rnn(metrics)
+  summary.update({"seconds": seconds, "dataset": "synthetic" if config.synthetic_data
+                  else train_config.dataset, "data_dir": train_config.data_dir,
+                  "train_examples": config.rnn_train_examples, "epochs": config.rnn_epochs,
+                  "lr": config.rnn_lr, "hidden": config.rnn_hidden})
+  for entry in summary["gains"]:
+    logging.info("RNN gain %g: log10 ||dL/dh_0|| / ||dL/dh_T-1|| init %.2f +- %.2f, trained "
+                 "%.2f +- %.2f", entry["gain"], entry["initial"]["log10_first_over_last_mean"],
+                 entry["initial"]["log10_first_over_last_ci95"],
+                 entry["trained"]["log10_first_over_last_mean"],
+                 entry["trained"]["log10_first_over_last_ci95"])
+  return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from the JSON content).
+
+
+def plot_layer_norms(result: dict):
+  """A1: ||dL/dh_l||^2 / ||dL/dh_L||^2 against l, one panel per (activation, weights)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cases = result["mlp"]["cases"]
+  weights = list(cases[0]["weights"])
+  fig, axes = plt.subplots(len(cases), len(weights), figsize=(5.2 * len(weights), 3.4 * len(cases)),
+                           squeeze=False)
+  cmap = plt.get_cmap("coolwarm")
+  for i, case in enumerate(cases):
+    log_chi = np.asarray(case["log_chi"])
+    span = max(np.max(np.abs(log_chi)), 1e-12)
+    for j, name in enumerate(weights):
+      ax = axes[i, j]
+      entry = case["weights"][name]
+      mean = np.asarray(entry["log_ratio_mean"]) / np.log(10)
+      ci = np.asarray(entry["log_ratio_ci95"]) / np.log(10)
+      depth = mean.shape[-1]
+      layers = np.arange(1, depth + 1)
+      for s, sw in enumerate(case["sigma_w"]):
+        color = cmap(0.5 + 0.5 * log_chi[s] / span)
+        ax.plot(layers, mean[s], color=color, lw=1.4,
+                label=f"$\\sigma_w$={sw:.3g}, $\\chi$={case['chi'][s]:.3f}")
+        ax.fill_between(layers, mean[s] - ci[s], mean[s] + ci[s], color=color, alpha=0.25)
+        ax.plot(layers, (depth - layers) * log_chi[s] / np.log(10), "k--", lw=0.7)
+      ax.set_title(f"{case['activation']} ($\\sigma_b$={case['sigma_b']:g}), {name}", fontsize=10)
+      ax.set_xlabel("layer l")
+      ax.set_ylabel(r"$\log_{10}\, \|\partial L/\partial h_l\|^2 / \|\partial L/\partial h_L\|^2$",
+                    fontsize=8)
+    axes[i, -1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  fig.suptitle("Per-layer gradient norms at init (mean over networks, band 95% CI); dashed: "
+               r"mean field $\chi^{L-l}$", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def plot_log_slopes(result: dict):
+  """A2: fitted log-slope vs sigma_w against log chi (top), its residual slope - log chi
+  (middle), and the per-input spread of the whole-depth log-gain (bottom)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cases = result["mlp"]["cases"]
+  colors = {"orthogonal": "tab:blue", "gaussian": "tab:red"}
+  fig, axes = plt.subplots(3, len(cases), figsize=(4.6 * len(cases), 10), squeeze=False)
+  for i, case in enumerate(cases):
+    sw = np.asarray(case["sigma_w"])
+    fine = np.linspace(sw.min(), sw.max(), 60)
+    log_chi = [np.log(float(meanfield.chi(case["activation"], s, case["sigma_b"]))) for s in fine]
+    ax = axes[0, i]
+    ax.plot(fine, log_chi, "k-", lw=1, label=r"mean field $\log\chi$")
+    for k, (name, entry) in enumerate(case["weights"].items()):
+      offset = (k - 0.5) * 0.006 * (sw.max() - sw.min() + 1e-9)
+      ax.errorbar(sw + offset, entry["slope_mean"], yerr=entry["slope_ci95"], fmt="o", ms=3.5,
+                  capsize=2, color=colors.get(name, "gray"), label=f"{name} (95% CI)")
+    ax.axvline(case["sigma_w_critical"], color="gray", ls=":", lw=1)
+    ax.set_title(f"{case['activation']}, $\\sigma_b$={case['sigma_b']:g}", fontsize=10)
+    ax.set_xlabel(r"$\sigma_w$")
+    ax.set_ylabel(r"fitted slope of $\log\|\partial L/\partial h_l\|^2$ vs $L-l$", fontsize=8)
+    ax.legend(fontsize=7)
+    ax = axes[1, i]
+    for k, (name, entry) in enumerate(case["weights"].items()):
+      offset = (k - 0.5) * 0.006 * (sw.max() - sw.min() + 1e-9)
+      ax.errorbar(sw + offset, entry["slope_minus_log_chi"], yerr=entry["slope_ci95"], fmt="o",
+                  ms=3.5, capsize=2, color=colors.get(name, "gray"), label=name)
+    ax.axhline(0.0, color="k", lw=1)
+    ax.set_xlabel(r"$\sigma_w$")
+    ax.set_ylabel(r"slope $-\log\chi$ (95% CI)", fontsize=8)
+    ax.legend(fontsize=7)
+    ax = axes[2, i]
+    for name, entry in case["weights"].items():
+      ax.errorbar(sw, entry["log_gain_std_within_network_mean"],
+                  yerr=entry["log_gain_std_within_network_ci95"], fmt="o-", ms=3.5, capsize=2,
+                  color=colors.get(name, "gray"), label=f"{name}")
+    if "theory_log_gain_gaussian" in case:
+      ax.plot(sw, case["theory_log_gain_gaussian"]["std"], "k--", lw=1,
+              label=r"Gaussian closed form $\sqrt{(L-1)\psi_1(N/2)}$")
+    ax.set_xlabel(r"$\sigma_w$")
+    ax.set_ylabel(r"std over inputs of $\log\|\partial L/\partial h_1\|^2/\|\partial L/\partial h_L\|^2$",
+                  fontsize=8)
+    ax.legend(fontsize=7)
+  fig.suptitle("Backward growth rate per layer against mean field (top, middle) and its "
+               "input-to-input fluctuation over the whole depth (bottom)", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def plot_rnn(result: dict):
+  """A3: ||dL/dh_t|| against t at init (dashed) and after training (solid), one panel per gain."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rnn = result["rnn"]
+  gains = rnn["gains"]
+  fig, axes = plt.subplots(1, len(gains), figsize=(3.8 * len(gains), 3.6), squeeze=False,
+                           sharey=True)
+  for ax, entry in zip(axes[0], gains):
+    steps = np.arange(len(entry["initial"]["log10_norm_mean"]))
+    if rnn.get("time_steps"):
+      steps = np.asarray(rnn["time_steps"])
+    for which, style, color in (("initial", "--", "tab:gray"), ("trained", "-", "tab:green")):
+      mean = np.asarray(entry[which]["log10_norm_mean"])
+      ci = np.asarray(entry[which]["log10_norm_ci95"])
+      label = "init" if which == "initial" else f"after {rnn['epochs']} epoch(s)"
+      ax.plot(steps, mean, style, color=color, label=label)
+      ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.25)
+    ax.set_title(f"gain {entry['gain']:g}", fontsize=10)
+    ax.set_xlabel("time step t")
+  axes[0, 0].set_ylabel(r"$\log_{10}\|\partial L/\partial h_t\|$")
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle(f"Vanilla tanh RNN, orthogonal recurrent kernel, {rnn['dataset']} rows "
+               f"(mean over {gains[0]['seeds']} seeds, band 95% CI)", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def run(config: GradientStudyConfig, out_dir: str) -> dict:
+  """Runs both parts; writes gradients.json, the three figures and out_dir/rnn/.
+
+  Returns:
+    The JSON content: {"config", "mlp": {"cases": [...]}, "rnn": {...}, "seconds"}.
+
+  Raises:
+    data.DataUnavailableError: the RNN's dataset cannot be read (before anything is written).
+  """
+  start = time.perf_counter()
+  # Data first, so a missing dataset fails before any work or file.
+  dataset = load_rnn_dataset(config)
+  result = {"config": dataclasses.asdict(config), "mlp": mlp_study(config)}
+  io.write_json(os.path.join(out_dir, "gradients.json"), result)
+  io.save_figure(plot_layer_norms(result), os.path.join(out_dir, "A1_layer_norms.png"))
+  io.save_figure(plot_log_slopes(result), os.path.join(out_dir, "A2_log_slopes.png"))
+  rnn_dir = os.path.join(out_dir, "rnn")
+  if os.path.isdir(rnn_dir):
+    shutil.rmtree(rnn_dir)  # A fresh run, not a resume of an older one.
+  result["rnn"] = rnn_study(config, rnn_dir, dataset)
+  result["seconds"] = time.perf_counter() - start
+  io.write_json(os.path.join(out_dir, "gradients.json"), result)
+  io.save_figure(plot_rnn(result), os.path.join(out_dir, "A3_rnn_through_time.png"))
+  logging.info("study A done in %.0fs: %s", result["seconds"], out_dir)
+  return result
