@@ -219,16 +219,17 @@ class _D2Law(NamedTuple):
   1 - p on d = 0, and has no panel rows. A smooth law (tanh, erf) has `atom` = d_max = max d and
   rows for panels over t = d, padded with empty rows to a size in `_PANEL_BUCKETS`:
     row 0, the top panel t in [`lower`, `upper`] = [d_max - Y, d_max]: `coef` holds
-      K(w) = sum_j coef_j w**j, where k(v) = K(v**2 / Y) is the density of v = sqrt(d_max - t)
-      (see `_m_d2`);
+      K(w) = sum_j coef_j w**j with k(v) = K(v**2 / Y), k(v) dv = f(t) dt, v = sqrt(d_max - t)
+      (smooth where f has its square-root singularity; see `_m_d2`);
     rows 1..: t-panels in decreasing t, each [`lower`, `upper`], and `coef` the density
       f(t) = t p_d(t) as a polynomial in u = (t - centre) / half on [-1, 1]; the last real row
       is the tail [0, d(H)], holding the mass P(|h| > H) spread uniformly.
   Neighbouring panels share their end points bitwise (lower[k] == upper[k + 1]): the exact
   integrals have log singularities there that must cancel to the last digit when x is within
   ~1e-14 of an end (narrow spectra put x that close to the support).
-  `nodes`, `weights`: each panel's Gauss-Legendre rule, sum(weights * r(nodes)) ~ int f r dt / t
-  (the weights are g(h) = 2 N(h; 0, q*) d(h) times the rule's weights in h).
+  `nodes`, `weights`: each panel's Gauss-Legendre rule in h mapped to t, so that
+  sum(weights * r(nodes)) ~ int f(t) r(t) dt over the panel (weights: g(h) = 2 N(h; 0, q*) d(h)
+  times the rule's weights in h).
   """
   p: float
   atom: float
@@ -641,8 +642,8 @@ def _solve(lambdas, law, depth, sigma_w, gaussian, m1, m2):
     limited = jnp.abs(new.m - point.m) <= _MAX_CHANGE * _scale(point.m)
     accept = (contracted & limited & converged) | forced
     landed = accept & reach
-    out_m = jnp.where(landed, out_m.at[k].set(new.m), out_m)
-    out_f = jnp.where(landed, out_f.at[k].set(jnp.abs(new.f)), out_f)
+    out_m = out_m.at[k].set(jnp.where(landed, new.m, out_m[k]))
+    out_f = out_f.at[k].set(jnp.where(landed, jnp.abs(new.f), out_f[k]))
     previous = _select(accept, (z, point.m, slope), previous)
     point = _select(accept, new, point)
     step = jnp.where(accept, jnp.clip(2.0 * step, _STEP_MIN, _STEP_MAX),
