@@ -4,7 +4,8 @@
   - `isometry.freeprob.jacobian_spectral_density` for tanh at the critical point with q* = 1
     (`meanfield.critical_point`), depth 32, orthogonal weights, on the 1000-point
     `freeprob.spectral_grid` below the spectral edge: the first call (compilation included)
-    and the median of the calls after it.
+    and the median of the calls after it; then the same for both weights at each of
+    --case_depths (the issue's target: < 0.1 s after compilation for all of them).
   - `isometry.jacobian.jacobian_squared_singular_values` at the same point, width 1000, depth
     128, one network (float64: 128 QR draws, 128 products 1000 x 1000 x 1000 and one SVD).
 
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--grid", type=int, default=1000, help="points of the density's grid")
   p.add_argument("--density_depth", type=int, default=32)
   p.add_argument("--repeats", type=int, default=5, help="density calls after the first")
+  p.add_argument("--case_depths", default="2,8,32,128",
+                 help="comma-separated depths of the per-case density timings ('' for none)")
   p.add_argument("--width", type=int, default=1000)
   p.add_argument("--depth", type=int, default=128)
   p.add_argument("--jacobian_repeats", type=int, default=2,
@@ -56,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   a = p.parse_args(argv)
   if min(a.grid - 1, a.density_depth, a.repeats, a.width, a.depth, a.jacobian_repeats) < 1:
     p.error("--grid must be >= 2 and the other sizes >= 1")
+  try:
+    a.case_depths = tuple(int(d) for d in a.case_depths.split(",") if d.strip())
+  except ValueError:
+    p.error(f"--case_depths must be comma-separated integers, got {a.case_depths!r}")
+  if any(d < 1 for d in a.case_depths):
+    p.error("--case_depths must be >= 1")
   return a
 
 
@@ -83,6 +92,21 @@ def main(argv=None) -> dict:
   result_density = last["density"]
   print(f"density: {density_times}", file=sys.stderr, flush=True)
 
+  cases = []
+  for weights in freeprob.WEIGHTS:
+    for depth in a.case_depths:
+      case_grid = freeprob.spectral_grid(
+          freeprob.max_squared_singular_value("tanh", sigma_w, sigma_b, depth, weights), a.grid)
+
+      def case():
+        last["case"] = freeprob.jacobian_spectral_density(
+            "tanh", sigma_w, sigma_b, depth, weights, case_grid)
+
+      times = _times(case, a.repeats)
+      cases.append({"weights": weights, "depth": depth, **times,
+                    "max_residual": float(np.max(last["case"].residual))})
+      print(f"density {weights} L={depth}: {times}", file=sys.stderr, flush=True)
+
   key = jax.random.key(0)
 
   def spectrum():
@@ -106,6 +130,13 @@ def main(argv=None) -> dict:
           "depth": a.density_depth, **density_times, "target_s": 0.1,
           "max_residual": float(np.max(result_density.residual)),
       },
+      "spectral_density_cases": {
+          "call": "freeprob.jacobian_spectral_density('tanh', sigma_w, sigma_b, depth, weights, "
+                  f"spectral_grid(edge, {a.grid})) at q* = 1",
+          "target_s": 0.1,
+          "cases": cases,
+          "worst_median_s": max((c["median_s"] for c in cases), default=None),
+      },
       "jacobian_spectrum": {
           "call": "jacobian.jacobian_squared_singular_values(key, 'tanh', 'orthogonal', "
                   f"sigma_w, sigma_b, {a.depth}, {a.width}, 1)",
@@ -123,6 +154,8 @@ def main(argv=None) -> dict:
   io.write_json(a.out, result)
   print(json.dumps({"density_s": density_times["median_s"],
                     "density_first_call_s": density_times["first_call_s"],
+                    "density_cases_worst_median_s":
+                        result["spectral_density_cases"]["worst_median_s"],
                     "jacobian_s": spectrum_times["median_s"]}))
   return result
 
