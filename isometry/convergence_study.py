@@ -67,7 +67,7 @@ _DTYPE = jnp.float32
 
 @dataclasses.dataclass(frozen=True)
 class ConvergenceStudyConfig:
-  """What study B measures. Defaults: the committed run (about 6 minutes on 2 CPU cores).
+  """What study B measures. Defaults: the committed run (7-10 minutes on 2 shared CPU cores).
 
   Attributes:
     inits: initializations compared ("orthogonal", "gaussian").

@@ -61,7 +61,7 @@ _HOMOGENEOUS = ("linear", "relu")
 
 @dataclasses.dataclass(frozen=True)
 class GradientStudyConfig:
-  """What study A measures. Defaults: the committed run (about 4 minutes on 2 CPU cores).
+  """What study A measures. Defaults: the committed run (about 2 minutes on 2 shared CPU cores).
 
   Attributes:
     activations: MLP nonlinearities.

@@ -7,7 +7,7 @@ Part 2: deep tanh networks at the critical point chi = 1 on a Fashion-MNIST subs
 training-loss threshold vs depth. Writes convergence.json, curves.npz, B1_steps_vs_depth.png and
 B2_loss_curves.png into --out_dir (see isometry/convergence_study.py).
 
-  python scripts/study_convergence.py                    # the committed default (~6 min, 2 cores)
+  python scripts/study_convergence.py                    # the committed default (~7-10 min, 2 cores)
   python scripts/study_convergence.py --quick --out_dir=/tmp/b    # smoke run, seconds
   python scripts/study_convergence.py --dataset=mnist    # part 2 on MNIST (TFDS, downloads)
 

@@ -7,7 +7,7 @@ Part 2: ||dL/dh_t|| over time in a tanh RNN at init and after a short training, 
 row-by-row images. Writes gradients.json, A1/A2/A3 figures and rnn/ into --out_dir
 (see isometry/gradient_study.py).
 
-  python scripts/study_gradients.py                     # the committed default (~4 min, 2 cores)
+  python scripts/study_gradients.py                     # the committed default (~2 min, 2 cores)
   python scripts/study_gradients.py --quick --out_dir=/tmp/a   # smoke run, seconds
   python scripts/study_gradients.py --dataset=mnist     # RNN part on MNIST (TFDS, downloads)
 
