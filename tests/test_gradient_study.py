@@ -18,7 +18,6 @@ from scipy import special
 from isometry import gradient_study as gs
 from isometry import io
 from isometry import meanfield
-from isometry.activations import get_activation
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
