@@ -714,7 +714,8 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
   top_mass = 0.0
   if atom_law and weights == "orthogonal":
     top_mass = max(0.0, 1.0 - depth * (1.0 - law.p))
-  top = mean / law.p**depth if top_mass > 0 else np.inf    # (sigma_w**2 atom)**L, chi = sigma_w**2 p
+  # sigma_w**(2L) = chi**L / p**L for Bernoulli(p) D^2 (chi = sigma_w**2 p).
+  top = mean / law.p**depth if top_mass > 0 else np.inf
   return SpectralDensity(lambdas, np.maximum(density, 0.0), point_mass, residual, top_mass,
                          float(top))
 

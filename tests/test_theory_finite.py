@@ -26,7 +26,7 @@ SIGMA_W = (0.5, 1.0, 1.5, 3.0)
 SIGMA_B = (0.0, 0.3, 1.0)
 DEPTHS = (1, 10, 100, 1000)
 GRID = 100
-RESIDUAL = 1e-6     # converged Newton iterates are ~1e-15; 1e-6 leaves rho unchanged (test_freeprob)
+RESIDUAL = 1e-6     # converged Newton iterates: ~1e-15; 1e-6 leaves rho unchanged (test_freeprob)
 DELTA = 1e-6        # freeprob's relative height of the density
 
 
