@@ -29,6 +29,34 @@ def call(fn, *args, errors=(ValueError,), **kwargs):
     fail(e)
 
 
+def given_flags(names, numeric_lists=None) -> dict:
+  """{name: value} of the flags in `names` that the user set, for a config's overrides.
+
+  Args:
+    names: flag names (the config's field names).
+    numeric_lists: {name: int or float} for list flags whose items convert to that type.
+
+  Raises:
+    ValueError: a list item that does not convert (one line, naming the flag).
+  """
+  numeric_lists = numeric_lists or {}
+  overrides = {}
+  for name in names:
+    if not flags.FLAGS[name].present:
+      continue
+    value = flags.FLAGS[name].value
+    if name in numeric_lists:
+      kind = numeric_lists[name]
+      try:
+        value = tuple(kind(v) for v in value)
+      except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise ValueError(f"--{name} must be comma-separated {noun}, got "
+                         f"{','.join(value)!r}") from None
+    overrides[name] = value
+  return overrides
+
+
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)

@@ -59,7 +59,6 @@ from isometry import io
 from isometry import meanfield
 from isometry import models
 from isometry import stats
-from isometry.gradient_study import resolve_data_dir, synthetic_dataset
 
 INITS = ("orthogonal", "gaussian")
 _DTYPE = jnp.float32
@@ -330,9 +329,10 @@ def load_tanh_data(config: ConvergenceStudyConfig):
       tanh_examples training images.
   """
   if config.synthetic_data:
-    dataset = synthetic_dataset(n_train=max(config.tanh_examples, 16))
+    dataset = data.synthetic_dataset(max(config.tanh_examples, 16), 32, 32, side=6)
   else:
-    dataset = data.load_dataset(config.dataset, resolve_data_dir(config.dataset, config.data_dir))
+    dataset = data.load_dataset(config.dataset,
+                                data.resolve_data_dir(config.dataset, config.data_dir))
   if len(dataset.train_x) < config.tanh_examples:
     raise data.DataUnavailableError(f"tanh_examples={config.tanh_examples} > {len(dataset.train_x)} training "
                      "examples")
@@ -552,7 +552,7 @@ def run(config: ConvergenceStudyConfig, out_dir: str) -> dict:
           "inits": config.inits, "depths": config.tanh_depths,
           "sigma_w": sigma_w, "sigma_b": sigma_b,
           "dataset": "synthetic" if config.synthetic_data else config.dataset,
-          "data_dir": None if config.synthetic_data else resolve_data_dir(config.dataset,
+          "data_dir": None if config.synthetic_data else data.resolve_data_dir(config.dataset,
                                                                            config.data_dir),
           "summary": summarize_steps(tanh_steps, config.tanh_depths, config.inits),
           "final_loss_max": tanh_curves[..., -1].max(axis=-1),

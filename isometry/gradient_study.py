@@ -53,9 +53,6 @@ from isometry import train
 from isometry.activations import get_activation
 
 WEIGHTS = ("orthogonal", "gaussian")
-# Offline copies that a dataset name falls back to when no data_dir is given (Debian's
-# dataset-fashion-mnist package); other datasets go through TFDS.
-OFFLINE_DATA_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 _HOMOGENEOUS = ("linear", "relu")
 
 
@@ -75,7 +72,7 @@ class GradientStudyConfig:
     seed: PRNG seed of the MLP part.
     rnn_gains: gains of the orthogonal recurrent kernel.
     rnn_seeds: seeds per gain.
-    dataset, data_dir: images for the RNN (data_dir None: OFFLINE_DATA_DIRS, else TFDS).
+    dataset, data_dir: images for the RNN (data_dir None: data.OFFLINE_DIRS, else TFDS).
     synthetic_data: train the RNN on a tiny synthetic task instead (smoke tests, --quick).
     rnn_hidden, rnn_epochs, rnn_batch_size, rnn_lr: the RNN's training (Adam).
     rnn_train_examples: keep the first n training examples (None: all).
@@ -146,15 +143,6 @@ class GradientStudyConfig:
                     rnn_epochs=1, rnn_batch_size=16, rnn_train_examples=None, rnn_val_size=16)
     settings.update(overrides)
     return cls(**settings)
-
-
-def resolve_data_dir(dataset: str, data_dir: Optional[str]) -> Optional[str]:
-  """data_dir if given; else the offline copy of `dataset` if this machine has one; else None
-  (TFDS's default directory, downloading when connected)."""
-  if data_dir is not None:
-    return data_dir
-  offline = OFFLINE_DATA_DIRS.get(dataset)
-  return offline if offline is not None and os.path.isdir(offline) else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,20 +359,6 @@ def mlp_study(config: GradientStudyConfig) -> dict:
 # The RNN: gradient norms through time, at init and after a short training.
 
 
-def synthetic_dataset(seed: int = 0, n_train: int = 64, n_eval: int = 32,
-                      side: int = 6) -> data.Dataset:
-  """A tiny learnable image task for smoke runs: the label picks which row is bright."""
-  rng = np.random.default_rng(seed)
-
-  def split(n):
-    y = rng.integers(0, 10, n).astype(np.int32)
-    x = 0.3 * rng.random((n, side, side), dtype=np.float32)
-    x[np.arange(n), y % side, :] += 0.7 * (1 + y[:, None] // side) / 2
-    return x, y
-
-  return data.Dataset(*split(n_train), *split(n_eval), *split(n_eval))
-
-
 def rnn_train_config(config: GradientStudyConfig) -> train.TrainConfig:
   """The sweep of part 2: orthogonal recurrent kernels at each gain x seed, no penalty, Adam."""
   members = train.product_members(inits=("orthogonal",), gains=config.rnn_gains,
@@ -394,7 +368,7 @@ def rnn_train_config(config: GradientStudyConfig) -> train.TrainConfig:
       members=members, model="rnn",
       # The synthetic task is passed to train.run as data; the name is a placeholder then.
       dataset="mnist" if synthetic else config.dataset,
-      data_dir=None if synthetic else resolve_data_dir(config.dataset, config.data_dir),
+      data_dir=None if synthetic else data.resolve_data_dir(config.dataset, config.data_dir),
       task="row", hidden=config.rnn_hidden, regularizer="none", optimizer="adam",
       batch_size=config.rnn_batch_size, epochs=config.rnn_epochs,
       unroll=1 if synthetic else 4, val_size=config.rnn_val_size,
@@ -435,8 +409,9 @@ def load_rnn_dataset(config: GradientStudyConfig) -> data.Dataset:
     data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
   """
   if config.synthetic_data:
-    return synthetic_dataset()
-  return data.load_dataset(config.dataset, resolve_data_dir(config.dataset, config.data_dir),
+    return data.synthetic_dataset(64, 32, 32, side=6)
+  return data.load_dataset(config.dataset,
+                           data.resolve_data_dir(config.dataset, config.data_dir),
                            val_size=config.rnn_val_size)
 
 

@@ -49,7 +49,6 @@ from isometry import rnn_meanfield as rm
 from isometry import train
 from isometry.stats import mean_ci
 
-DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 READINGS = ("stationary", "trajectory", "per_example")
 VARIANTS = ("untied_gaussian", "tied_gaussian", "data_wide", "data_model")
 METRICS = ("best_val_accuracy", "test_accuracy")
@@ -58,21 +57,13 @@ _NUM_CLASSES = train.NUM_CLASSES
 _QUANTILES = 201            # points of each empirical CDF kept in study.json
 
 
-def default_data_dir(dataset: str) -> Optional[str]:
-  """Debian's Fashion-MNIST folder when it is there and the dataset is fashion_mnist, else None
-  (TFDS: downloads on first use), so --dataset=mnist works without touching --data_dir."""
-  if dataset == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
-    return DEBIAN_FASHION_MNIST
-  return None
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
   """Settings of the study (frozen; validated on construction).
 
   Attributes:
     dataset: mnist or fashion_mnist (row-by-row, T = D = 28).
-    data_dir: IDX folder or TFDS dir; None: `default_data_dir(dataset)`.
+    data_dir: IDX folder or TFDS dir; None: `data.resolve_data_dir` (the offline copy, else TFDS).
     synthetic: random 8 x 8 images instead of the dataset (smoke runs; nothing to learn).
     hidden: H, the model's units.
     seed: PRNG seed of the theory-side samples (networks, images, tangents).
@@ -156,7 +147,7 @@ def load(config: StudyConfig) -> data.Dataset:
   """The study's images (train / val / test), synthetic for smoke runs."""
   if config.synthetic:
     return data.synthetic_dataset(num_train=64, num_val=16, num_test=16, side=8)
-  data_dir = config.data_dir if config.data_dir is not None else default_data_dir(config.dataset)
+  data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
   return data.load_dataset(config.dataset, data_dir, val_size=config.val_size)
 
 
@@ -420,7 +411,7 @@ def train_config(config: StudyConfig, g_star: float) -> train.TrainConfig:
   gains = (round(g_star, 3),) + tuple(g for g in config.hand_gains if g != round(g_star, 3))
   members = train.product_members(gains=gains, reg_strengths=(0.0, config.reg_strength),
                                   lrs=(config.lr,), seeds=config.seeds, gain_adjusted=True)
-  data_dir = config.data_dir if config.data_dir is not None else default_data_dir(config.dataset)
+  data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
   return train.TrainConfig(
       members=members, model="rnn", dataset=config.dataset,
       data_dir=None if config.synthetic else data_dir, task="row", hidden=config.hidden,

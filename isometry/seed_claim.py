@@ -43,7 +43,7 @@ from isometry.stats import mean_ci
 
 PRESETS = ("configs2", "configs3")
 FORMULAS = {"notebook": "notebook_so", "paper": "so"}
-DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_DATA_DIR = data.OFFLINE_DIRS["fashion_mnist"]
 METRICS = ("best_val_accuracy", "test_accuracy")
 
 

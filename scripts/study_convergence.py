@@ -65,18 +65,7 @@ _FIELDS = ("inits", "seeds", "seed", "linear_width", "linear_out", "linear_lr", 
 
 
 def _config() -> convergence_study.ConvergenceStudyConfig:
-  overrides = {}
-  for name in _FIELDS:
-    if not FLAGS[name].present:
-      continue
-    value = FLAGS[name].value
-    if name in _INT_LISTS:
-      try:
-        value = tuple(int(v) for v in value)
-      except ValueError:
-        raise ValueError(f"--{name} must be comma-separated integers, got {','.join(value)!r}") \
-            from None
-    overrides[name] = value
+  overrides = cli.given_flags(_FIELDS, {name: int for name in _INT_LISTS})
   if FLAGS.quick:
     return convergence_study.ConvergenceStudyConfig.quick(**overrides)
   return convergence_study.ConvergenceStudyConfig(**overrides)
@@ -84,14 +73,9 @@ def _config() -> convergence_study.ConvergenceStudyConfig:
 
 def main(argv):
   del argv
-  try:
-    config = _config()
-  except ValueError as e:
-    cli.fail(e)
-  try:
-    convergence_study.run(config, FLAGS.out_dir)
-  except data.DataUnavailableError as e:  # Raised before any work or file.
-    cli.fail(e)
+  config = cli.call(_config)
+  # Raised before any work or file.
+  cli.call(convergence_study.run, config, FLAGS.out_dir, errors=(data.DataUnavailableError,))
 
 
 if __name__ == "__main__":

@@ -65,18 +65,7 @@ _FIELDS = ("activations", "weights", "width", "depth", "batch", "seeds", "seed",
 
 
 def _config() -> gradient_study.GradientStudyConfig:
-  overrides = {}
-  for name in _FIELDS:
-    if not FLAGS[name].present:
-      continue
-    value = FLAGS[name].value
-    if name in _FLOAT_LISTS:
-      try:
-        value = tuple(float(v) for v in value)
-      except ValueError:
-        raise ValueError(f"--{name} must be comma-separated numbers, got {','.join(value)!r}") \
-            from None
-    overrides[name] = value
+  overrides = cli.given_flags(_FIELDS, {name: float for name in _FLOAT_LISTS})
   if FLAGS.quick:
     return gradient_study.GradientStudyConfig.quick(**overrides)
   return gradient_study.GradientStudyConfig(**overrides)
@@ -84,14 +73,9 @@ def _config() -> gradient_study.GradientStudyConfig:
 
 def main(argv):
   del argv
-  try:
-    config = _config()
-  except ValueError as e:
-    cli.fail(e)
-  try:
-    gradient_study.run(config, FLAGS.out_dir)
-  except data.DataUnavailableError as e:  # Raised before any work or file.
-    cli.fail(e)
+  config = cli.call(_config)
+  # Raised before any work or file.
+  cli.call(gradient_study.run, config, FLAGS.out_dir, errors=(data.DataUnavailableError,))
 
 
 if __name__ == "__main__":

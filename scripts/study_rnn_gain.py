@@ -24,6 +24,7 @@ from absl import flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import cli  # noqa: E402
+from isometry import data  # noqa: E402
 from isometry import regularizers  # noqa: E402
 from isometry import rnn_gain_study  # noqa: E402
 from isometry import train  # noqa: E402
@@ -35,7 +36,7 @@ flags.DEFINE_enum("dataset", _DEFAULT.dataset, ("mnist", "fashion_mnist"),
                   "Image dataset, read row by row.")
 flags.DEFINE_string("data_dir", None,
                     "Folder with the four IDX files, or a TFDS data dir. Default: "
-                    f"{rnn_gain_study.DEBIAN_FASHION_MNIST} for fashion_mnist when present, "
+                    f"{data.OFFLINE_DIRS['fashion_mnist']} for fashion_mnist when present, "
                     "else TFDS (downloads).")
 flags.DEFINE_list("hand_gains", [f"{g:g}" for g in _DEFAULT.hand_gains],
                   "Hand-picked gains trained beside g*.")
@@ -80,14 +81,8 @@ def _config() -> rnn_gain_study.StudyConfig:
 
 def main(argv):
   del argv
-  try:
-    config = _config()
-  except ValueError as e:
-    cli.fail(e)
-  try:
-    rnn_gain_study.run(config, FLAGS.out_dir)
-  except train.SetupError as e:
-    cli.fail(e)
+  config = cli.call(_config)
+  cli.call(rnn_gain_study.run, config, FLAGS.out_dir, errors=(train.SetupError,))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+from isometry import data
 from isometry import gradient_study as gs
 from isometry import io
 from isometry import meanfield
@@ -164,11 +165,11 @@ def test_config_rejects_bad_values():
 
 
 def test_data_dir_resolution(tmp_path):
-  assert gs.resolve_data_dir("mnist", None) is None    # MNIST goes through TFDS...
-  assert gs.resolve_data_dir("mnist", str(tmp_path)) == str(tmp_path)   # ...unless given.
-  offline = gs.OFFLINE_DATA_DIRS["fashion_mnist"]
+  assert data.resolve_data_dir("mnist", None) is None    # MNIST goes through TFDS...
+  assert data.resolve_data_dir("mnist", str(tmp_path)) == str(tmp_path)   # ...unless given.
+  offline = data.OFFLINE_DIRS["fashion_mnist"]
   expected = offline if os.path.isdir(offline) else None
-  assert gs.resolve_data_dir("fashion_mnist", None) == expected
+  assert data.resolve_data_dir("fashion_mnist", None) == expected
 
 
 def _script(*args):

@@ -118,7 +118,7 @@ def test_config_rejects_bad_values():
     study.StudyConfig(dataset="cifar10")
   with pytest.raises(ValueError, match="hand_gains"):
     study.StudyConfig(hand_gains=(1.0, -1.0))
-  assert study.default_data_dir("mnist") is None
+  assert data.resolve_data_dir("mnist", None) is None
 
 
 def _script(*flags):

@@ -32,19 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDE = 6  # Images are SIDE x SIDE: row sequences of T = 6 steps of D = 6 pixels.
 
 
-def _synthetic_dataset(seed=0, n_train=128, n_eval=48):
-  """A learnable task: the label picks which row is bright (a long-memory cue for the RNN)."""
-  rng = np.random.default_rng(seed)
-
-  def split(n):
-    y = rng.integers(0, 10, n).astype(np.int32)
-    x = 0.3 * rng.random((n, SIDE, SIDE), dtype=np.float32)
-    x[np.arange(n), y % SIDE, :] += 0.7 * (1 + y[:, None] // SIDE) / 2
-    return x, y
-
-  return data.Dataset(*split(n_train), *split(n_eval), *split(n_eval))
-
-
 def _config(**overrides):
   members = (
       train.Member("ortho_reg", "orthogonal", 1.0, 0.1, True, 1e-2, seed=0),
@@ -73,7 +60,8 @@ class _CompileCounter(logging.Handler):
 
 @pytest.fixture(scope="module")
 def dataset():
-  return _synthetic_dataset()
+  # A learnable task: the label picks which row is bright (a long-memory cue for the RNN).
+  return data.synthetic_dataset(128, 48, 48, side=SIDE, learnable=True)
 
 
 @pytest.fixture(scope="module")
