@@ -454,6 +454,21 @@ def make_train(config: TrainConfig, arrays: Arrays, devices=None) -> Program:
 
 
 @functools.lru_cache(maxsize=8)
+def _map_members(fn: Callable) -> Callable:
+  """fn(state, *shared) mapped over the leading member axis of its first argument.
+
+  A sweep of one member runs fn unbatched and adds the axis back: vmapping a size-1 axis turns
+  every product into a batched dot, and on XLA's CPU backend that made a row-MNIST train step
+  (H = B = 128) about 20% slower (6.5 ms against 5.3 ms, measured side by side).
+  """
+  def mapped(states, *shared):
+    if jax.tree.leaves(states)[0].shape[0] != 1:
+      return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(states, *shared)
+    result = fn(jax.tree.map(lambda a: a[0], states), *shared)
+    return jax.tree.map(lambda a: a[None], result)
+  return mapped
+
+
 def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> Program:
   members = config.members
   init_names = tuple(sorted({m.init for m in members}))
@@ -628,11 +643,10 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     return jax.lax.map(init_member, hparams)
 
   def run_epoch(states, arrays, epoch):
-    return jax.vmap(member_epoch, in_axes=(0, None, None))(states, arrays, epoch)
+    return _map_members(member_epoch)(states, arrays, epoch)
 
   def measure(states, eval_set, probe_x, probe_y):
-    return jax.vmap(measure_member, in_axes=(0, None, None, None))(
-        states, eval_set, probe_x, probe_y)
+    return _map_members(measure_member)(states, eval_set, probe_x, probe_y)
 
   num_padded = -(-len(members) // len(devices)) * len(devices)
   return Program(
