@@ -111,7 +111,8 @@ def spectral_margin(gain: float = 1.0, margin: float = 0.1) -> optax.GradientTra
 
   Args:
     gain: g > 0, the centre of the band.
-    margin: m in [0, 1).
+    margin: m in [0, 1]; m = 1 is Vorontsov et al.'s widest band [0, 2 g], which bounds only
+      the largest singular value.
 
   Returns:
     A GradientTransformation with EmptyState.
@@ -121,8 +122,8 @@ def spectral_margin(gain: float = 1.0, margin: float = 0.1) -> optax.GradientTra
     networks with long term dependencies, ICML 2017.
   """
   _check_gain(gain)
-  if isinstance(margin, (int, float)) and not 0 <= margin < 1:
-    raise ValueError(f"margin must be in [0, 1), got {margin}")
+  if isinstance(margin, (int, float)) and not 0 <= margin <= 1:
+    raise ValueError(f"margin must be in [0, 1], got {margin}")
 
   def init_fn(params):
     del params

@@ -196,7 +196,7 @@ def _validate(c: TrainConfig) -> None:
          f"unknown constraint {c.constraint!r}; choose one of {', '.join(constraints.NAMES)}")
   _check(c.constraint == "none" or c.model == "rnn",
          f"constraint {c.constraint!r} is implemented for model rnn only, not {c.model}")
-  _check(0 <= c.margin < 1, f"margin must be in [0, 1), got {c.margin}")
+  _check(0 <= c.margin <= 1, f"margin must be in [0, 1], got {c.margin}")
   _check(c.optimizer in OPTIMIZERS,
          f"unknown optimizer {c.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
   _check(c.data_dir is None or os.path.isdir(c.data_dir),
