@@ -1,0 +1,460 @@
+"""Study D: can a hard orthogonality constraint hurt?
+
+Vorontsov et al. 2017 train RNNs whose recurrent kernel W is held in a band of singular values
+[g (1 - m), g (1 + m)] and find that the hard constraint (m = 0, W = g times an orthogonal
+matrix) learns slower and ends worse than a loose band or a soft penalty on several tasks: some
+departure from orthogonality helps. We test that on a vanilla tanh RNN (`isometry.models`) on
+row-by-row images (T = 28, Fashion-MNIST by default), orthogonal init at gain g, Adam, with the
+recurrent kernel trained under one of these arms:
+
+  none          unconstrained, no penalty.
+  soft          the soft penalty reg * ||W^T W / g^2 - I||_F^2 (regularizer "so"), no constraint.
+  projection    Adam step, then the polar projection onto g O(n)   (hard, m = 0).
+  cayley        Riemannian SGD on g O(n) by the Cayley retraction at the same learning rate
+                (hard; it replaces Adam for W only, so W takes plain gradient steps).
+  expm          W = g base expm(A - A^T), Adam on A (hard; Lezcano-Casado & Martinez-Rubio 2019).
+  margin<m>     Adam step, then the singular values clipped into [g (1 - m), g (1 + m)]
+                (`constraints.spectral_margin`; margin0 is projection computed by an SVD).
+
+Each arm is one `isometry.train` sweep (its seeds are vmapped members of one compiled program)
+in out_dir/<arm>/, resumed if already there. Per arm the study reports, over seeds, the best
+validation accuracy over epochs and the test accuracy after the last epoch, mean +- 95% CI
+(Student t), the paired difference to "none" (same seed: same init and batch order), the wall
+time per epoch and per step (first epoch, which compiles, reported apart), and the trajectory of
+the recurrent kernel's singular values over epochs (epoch 0 = init).
+
+`run(config, out_dir)` writes study.json, D_accuracy.png, D_singular_values.png and
+D_val_curves.png. The committed default takes about 10 minutes alone on 2 CPU cores.
+
+References:
+  E. Vorontsov, C. Trabelsi, S. Kadoury, C. Pal, On orthogonality and learning recurrent
+  networks with long term dependencies, ICML 2017.
+  M. Lezcano-Casado, D. Martinez-Rubio, Cheap orthogonal constraints in neural networks, ICML
+  2019 (expm).
+  Z. Wen, W. Yin, A feasible method for optimization with orthogonality constraints, 2013
+  (Cayley).
+"""
+import dataclasses
+import os
+import time
+from typing import Optional, Tuple
+
+from absl import logging
+import numpy as np
+from scipy import stats as scipy_stats
+
+from isometry import data
+from isometry import io
+from isometry import train
+from isometry.stats import mean_ci
+
+ARMS = ("none", "soft", "projection", "cayley", "expm")
+HARD = ("projection", "cayley", "expm")
+BASELINE = "none"
+METRICS = ("best_val_accuracy", "test_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """Study D's settings. Defaults: the committed run.
+
+  Attributes:
+    arms: which of ARMS to run.
+    margins: spectral margins m in [0, 1]; each adds an arm "margin<m>".
+    seeds: seeds 0..seeds-1 per arm (>= 2 for a confidence interval).
+    epochs: training epochs.
+    hidden: RNN units.
+    gain: g, the init gain and the centre of every constraint and penalty.
+    lr: Adam learning rate (and the Cayley step size of arm "cayley").
+    reg_strength: lambda of arm "soft".
+    batch_size: minibatch size.
+    max_train_examples: keep the first n training examples (None: all).
+    val_size: training examples held out for validation.
+    dataset: mnist or fashion_mnist (28 x 28, read row by row).
+    data_dir: IDX folder or TFDS dir (None: data.resolve_data_dir's offline copy, else TFDS).
+    synthetic_data: train on `data.synthetic_dataset(learnable=True)` instead (smoke runs).
+    unroll: lax.scan unroll over time.
+  """
+  arms: Tuple[str, ...] = ARMS
+  margins: Tuple[float, ...] = (0.0, 0.01, 0.1, 1.0)
+  seeds: int = 5
+  epochs: int = 6
+  hidden: int = 128
+  gain: float = 1.0
+  lr: float = 1e-3
+  reg_strength: float = 0.01
+  batch_size: int = 128
+  max_train_examples: Optional[int] = 8000
+  val_size: int = 5000
+  dataset: str = "fashion_mnist"
+  data_dir: Optional[str] = None
+  synthetic_data: bool = False
+  unroll: int = 4
+
+  def __post_init__(self):
+    object.__setattr__(self, "arms", tuple(self.arms))
+    object.__setattr__(self, "margins", tuple(float(m) for m in self.margins))
+    for arm in self.arms:
+      if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+    if len(set(self.arms)) != len(self.arms):
+      raise ValueError(f"arms repeat: {', '.join(self.arms)}")
+    for m in self.margins:
+      if not 0 <= m <= 1:
+        raise ValueError(f"margins must be in [0, 1], got {m:g}")
+    if len(set(self.margins)) != len(self.margins):
+      raise ValueError(f"margins repeat: {self.margins}")
+    if not self.arms and not self.margins:
+      raise ValueError("choose at least one arm or margin")
+    if self.seeds < 2:
+      raise ValueError(f"seeds must be >= 2 for a confidence interval, got {self.seeds}")
+    for name in ("epochs", "hidden", "batch_size", "val_size", "unroll"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if not (self.gain > 0 and np.isfinite(self.gain)):
+      raise ValueError(f"gain must be > 0, got {self.gain}")
+    if not self.lr > 0:
+      raise ValueError(f"lr must be > 0, got {self.lr}")
+    if not self.reg_strength >= 0:
+      raise ValueError(f"reg_strength must be >= 0, got {self.reg_strength}")
+    if "soft" in self.arms and self.reg_strength == 0:
+      raise ValueError("arm soft needs reg_strength > 0 (with 0 it is arm none)")
+    if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
+      raise ValueError(f"max_train_examples ({self.max_train_examples}) must be >= batch_size "
+                       f"({self.batch_size})")
+    if self.dataset not in ("mnist", "fashion_mnist"):
+      raise ValueError(f"dataset must be mnist or fashion_mnist (28 x 28 rows), got "
+                       f"{self.dataset!r}")
+
+  @classmethod
+  def quick(cls, **overrides) -> "StudyConfig":
+    """A smoke version (well under a minute): hidden 8, 2 seeds, 2 epochs, a synthetic task."""
+    settings = dict(seeds=2, epochs=2, hidden=8, batch_size=16, max_train_examples=None,
+                    val_size=32, synthetic_data=True, unroll=1, lr=1e-2, reg_strength=0.1)
+    settings.update(overrides)
+    return cls(**settings)
+
+
+def margin_arm(margin: float) -> str:
+  return f"margin{margin:g}"
+
+
+def arm_names(config: StudyConfig) -> Tuple[str, ...]:
+  """The arms in run order: config.arms, then one "margin<m>" per margin."""
+  return tuple(config.arms) + tuple(margin_arm(m) for m in config.margins)
+
+
+def arm_margin(arm: str) -> Optional[float]:
+  """m of a "margin<m>" arm, None for the others."""
+  return float(arm[len("margin"):]) if arm.startswith("margin") else None
+
+
+def band(config: StudyConfig, arm: str) -> Tuple[float, float]:
+  """The singular-value interval the arm's recurrent kernel is held in ((0, inf) if none)."""
+  m = 0.0 if arm in HARD else arm_margin(arm)
+  if m is None:
+    return 0.0, float("inf")
+  return config.gain * (1 - m), config.gain * (1 + m)
+
+
+def arm_train_config(config: StudyConfig, arm: str) -> train.TrainConfig:
+  """The `isometry.train` sweep of one arm: every seed a member labelled `arm`."""
+  margin = arm_margin(arm)
+  if margin is not None:
+    constraint, margin_value = "margin", margin
+  else:
+    constraint, margin_value = (arm if arm in HARD else "none"), 0.1
+  soft = arm == "soft"
+  members = tuple(
+      train.Member(label=arm, init="orthogonal", gain=config.gain,
+                   reg_strength=config.reg_strength if soft else 0.0, gain_adjusted=True,
+                   lr=config.lr, seed=seed) for seed in range(config.seeds))
+  return train.TrainConfig(
+      members=members, model="rnn", dataset=config.dataset,
+      data_dir=None if config.synthetic_data else data.resolve_data_dir(config.dataset,
+                                                                        config.data_dir),
+      task="row", hidden=config.hidden, regularizer="so" if soft else "none",
+      constraint=constraint, margin=margin_value, optimizer="adam",
+      batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
+      val_size=config.val_size, max_train_examples=config.max_train_examples)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summaries of finished runs (pure functions of metrics.json / status.json content).
+
+
+def per_seed(metrics: dict, metric: str, seeds: int) -> np.ndarray:
+  """(seeds,) best val accuracy over epochs or final test accuracy; NaN if diverged/missing."""
+  values = np.full(seeds, np.nan)
+  for m in metrics["members"]:
+    seed = m["config"]["seed"]
+    if m["status"] != "done" or seed >= seeds:
+      continue
+    if metric == "best_val_accuracy":
+      accuracies = [e["val_accuracy"] for e in m["epochs"] if e["val_accuracy"] is not None]
+      value = max(accuracies) if accuracies else None
+    elif metric == "test_accuracy":
+      value = m["test_accuracy"]
+    else:
+      raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if value is not None:
+      values[seed] = value
+  return values
+
+
+def interval(values: np.ndarray) -> dict:
+  """Mean +- 95% t half-width over the finite values, with the values themselves."""
+  values = np.asarray(values, np.float64)
+  mean, half = mean_ci(values)
+  return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
+          "values": [float(v) for v in values]}
+
+
+def paired_difference(arm: np.ndarray, baseline: np.ndarray) -> dict:
+  """arm - baseline paired by seed: mean +- 95% CI, paired t-test p, seeds where arm wins."""
+  both = np.isfinite(arm) & np.isfinite(baseline)
+  diff = arm[both] - baseline[both]
+  mean, half = mean_ci(diff) if diff.size else (np.nan, np.nan)
+  p_value = (float(scipy_stats.ttest_rel(arm[both], baseline[both]).pvalue)
+             if diff.size > 1 and np.any(diff != diff[0]) else float("nan"))
+  if not np.isfinite(half):
+    verdict = "undetermined"
+  elif mean - half > 0:
+    verdict = "better"
+  elif mean + half < 0:
+    verdict = "worse"
+  else:
+    verdict = "no difference resolved"
+  return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
+          "p_value": p_value, "wins": int(np.sum(diff > 0)),
+          "differences": [float(d) for d in diff], "verdict": verdict}
+
+
+def singular_value_trajectory(metrics: dict) -> dict:
+  """Per epoch (0 = init) the recurrent kernel's singular values over seeds.
+
+  Returns:
+    {"epoch": [0..E], "mean"/"min"/"max": mean over seeds of each member's mean / smallest /
+    largest singular value, "min_over_seeds"/"max_over_seeds": the extremes over all seeds}.
+    Diverged members are left out from their divergence on (their weights are frozen).
+  """
+  members = [m for m in metrics["members"] if m["status"] != "diverged"] or metrics["members"]
+  records = [[m["initial"]["singular_values"]]
+             + [e["singular_values"] for e in m["epochs"]] for m in members]
+  epochs = min(len(r) for r in records)
+  get = lambda key: np.array([[r[e][key] for e in range(epochs)] for r in records])
+  mins, maxs, means = get("min"), get("max"), get("mean")
+  return {"epoch": list(range(epochs)), "mean": means.mean(0).tolist(),
+          "min": mins.mean(0).tolist(), "max": maxs.mean(0).tolist(),
+          "min_over_seeds": mins.min(0).tolist(), "max_over_seeds": maxs.max(0).tolist()}
+
+
+def val_curve(metrics: dict, seeds: int) -> dict:
+  """Validation accuracy per epoch (1..E): mean +- 95% CI over seeds (NaN for diverged)."""
+  epochs = max(len(m["epochs"]) for m in metrics["members"])
+  table = np.full((seeds, epochs), np.nan)
+  for m in metrics["members"]:
+    for e, entry in enumerate(m["epochs"]):
+      if entry["val_accuracy"] is not None and m["config"]["seed"] < seeds:
+        table[m["config"]["seed"], e] = entry["val_accuracy"]
+  mean, half = mean_ci(table, axis=0)
+  return {"epoch": list(range(1, epochs + 1)), "mean": mean.tolist(), "ci95": half.tolist()}
+
+
+def timing(status: dict) -> dict:
+  """Wall time of an arm: the first epoch (compiles) apart, the median of the others."""
+  seconds = np.asarray(status["epoch_seconds"], np.float64)
+  steps = int(status["steps_per_epoch"])
+  later = seconds[1:] if seconds.size > 1 else seconds
+  median = float(np.median(later)) if later.size else float("nan")
+  return {"first_epoch_seconds": float(seconds[0]) if seconds.size else float("nan"),
+          "epoch_seconds_median": median, "ms_per_step": 1e3 * median / steps,
+          "steps_per_epoch": steps, "total_seconds": float(np.sum(seconds)),
+          "epoch_seconds": seconds.tolist()}
+
+
+def summarize_arm(config: StudyConfig, arm: str, metrics: dict, status: dict) -> dict:
+  """One arm's entry of study.json from its run's metrics.json and status.json."""
+  lo, hi = band(config, arm)
+  entry = {"arm": arm, "band": [lo, hi if np.isfinite(hi) else None],
+           "status": status["status"], "diverged_members": status["diverged_members"],
+           "singular_values": singular_value_trajectory(metrics),
+           "val_curve": val_curve(metrics, config.seeds), "timing": timing(status)}
+  for metric in METRICS:
+    entry[metric] = interval(per_seed(metrics, metric, config.seeds))
+  return entry
+
+
+def compare_to_baseline(arms: dict, seeds: int) -> dict:
+  """{arm: {metric: paired_difference(arm, none)}} for every arm but the baseline."""
+  if BASELINE not in arms:
+    return {}
+  out = {}
+  for name, entry in arms.items():
+    if name == BASELINE:
+      continue
+    out[name] = {metric: paired_difference(np.asarray(entry[metric]["values"]),
+                                           np.asarray(arms[BASELINE][metric]["values"]))
+                 for metric in METRICS}
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures (from study.json content).
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _color(i: int) -> str:
+  return f"C{i % 10}"
+
+
+def plot_accuracy(summary: dict):
+  """Best val and test accuracy per arm: mean, 95% CI bars, and the seeds as dots."""
+  plt = _pyplot()
+  arms = summary["arms"]
+  fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4.2), squeeze=False)
+  for ax, metric in zip(axes[0], METRICS):
+    for i, (name, entry) in enumerate(arms.items()):
+      v = entry[metric]
+      ax.errorbar(i, v["mean"], yerr=v["ci95"], fmt="o", color=_color(i), capsize=4)
+      ax.plot(np.full(len(v["values"]), i + 0.2), v["values"], ".", color=_color(i), alpha=0.5)
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(list(arms), rotation=45, ha="right")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+  fig.suptitle(f"{summary['dataset']} rows, tanh RNN H={summary['config']['hidden']}: mean, "
+               f"95% CI and seeds ({summary['config']['seeds']} per arm)", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def plot_singular_values(summary: dict):
+  """Min / mean / max singular value of the recurrent kernel per epoch, one panel per arm."""
+  plt = _pyplot()
+  arms = summary["arms"]
+  cols = min(3, len(arms))
+  rows = -(-len(arms) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False,
+                           sharex=True)
+  for ax in axes.flat[len(arms):]:
+    ax.set_visible(False)
+  for i, (ax, (name, entry)) in enumerate(zip(axes.flat, arms.items())):
+    sv = entry["singular_values"]
+    ax.fill_between(sv["epoch"], sv["min_over_seeds"], sv["max_over_seeds"], color=_color(i),
+                    alpha=0.15, label="range over seeds")
+    for key, style in (("max", "-"), ("mean", ":"), ("min", "--")):
+      ax.plot(sv["epoch"], sv[key], style, color=_color(i), label=key)
+    lo, hi = entry["band"]
+    if hi is not None:
+      ax.axhline(lo, color="k", lw=0.6)
+      ax.axhline(hi, color="k", lw=0.6)
+    ax.set_title(name, fontsize=10)
+    ax.grid(alpha=0.3)
+  for ax in axes[-1]:
+    ax.set_xlabel("epoch (0 = init)")
+  for ax in axes[:, 0]:
+    ax.set_ylabel("singular value of W")
+  axes.flat[0].legend(fontsize=7)
+  fig.suptitle("Recurrent kernel singular values (mean over seeds; black lines: the band)",
+               fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def plot_val_curves(summary: dict):
+  """Validation accuracy per epoch per arm, mean over seeds with a 95% CI band."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, (name, entry) in enumerate(summary["arms"].items()):
+    c = entry["val_curve"]
+    mean, half = np.asarray(c["mean"]), np.nan_to_num(np.asarray(c["ci95"]))
+    style = "--" if name in HARD else "-"
+    ax.plot(c["epoch"], mean, style, color=_color(i), label=name)
+    ax.fill_between(c["epoch"], mean - half, mean + half, color=_color(i), alpha=0.15)
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("validation accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, ncol=2)
+  ax.set_title("Validation accuracy (dashed: hard constraints; band 95% CI)", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# The study.
+
+
+def load_data(config: StudyConfig) -> data.Dataset:
+  """The images: the learnable synthetic task, or config.dataset (offline copy or TFDS).
+
+  Raises:
+    data.DataUnavailableError: the dataset cannot be read here.
+  """
+  if config.synthetic_data:
+    return data.synthetic_dataset(64, config.val_size, 32, side=6, learnable=True)
+  return data.load_dataset(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
+                           val_size=config.val_size)
+
+
+def summarize(config: StudyConfig, out_dir: str) -> dict:
+  """study.json content from the finished arm folders under out_dir."""
+  arms = {}
+  for arm in arm_names(config):
+    folder = os.path.join(out_dir, arm)
+    arms[arm] = summarize_arm(config, arm, io.read_json(os.path.join(folder, "metrics.json")),
+                              io.read_json(os.path.join(folder, "status.json")))
+  return {"config": dataclasses.asdict(config),
+          "dataset": "synthetic" if config.synthetic_data else config.dataset,
+          "arms": arms, "paired_vs_none": compare_to_baseline(arms, config.seeds)}
+
+
+def run(config: StudyConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
+  """Trains every arm (resuming finished work), then writes study.json and the figures.
+
+  Args:
+    config: the study.
+    out_dir: results folder; arm runs go to out_dir/<arm>/.
+    dataset: preloaded images (default: `load_data(config)`).
+
+  Returns:
+    The study.json content (or, if interrupted, the interrupted arm's metrics).
+
+  Raises:
+    data.DataUnavailableError, train.SetupError: data missing or bad (before any training).
+  """
+  start = time.perf_counter()
+  if dataset is None:
+    dataset = load_data(config)
+  os.makedirs(out_dir, exist_ok=True)
+  for arm in arm_names(config):
+    logging.info("constraint study: arm %s", arm)
+    folder = os.path.join(out_dir, arm)
+    result = train.run(arm_train_config(config, arm), folder, resume=True, dataset=dataset,
+                       plots=False)
+    if io.read_json(os.path.join(folder, "status.json"))["status"] == "interrupted":
+      logging.info("interrupted; run again to resume")
+      return result
+  summary = summarize(config, out_dir)
+  summary["seconds_this_call"] = time.perf_counter() - start
+  io.write_json(os.path.join(out_dir, "study.json"), summary)
+  for name, fn in (("D_accuracy.png", plot_accuracy),
+                   ("D_singular_values.png", plot_singular_values),
+                   ("D_val_curves.png", plot_val_curves)):
+    io.save_figure(fn(summary), os.path.join(out_dir, name))
+  for name, entry in summary["arms"].items():
+    t, sv = entry["test_accuracy"], entry["singular_values"]
+    line = (f"{name}: test {t['mean']:.4f} +- {t['ci95']:.4f}, "
+            f"{entry['timing']['epoch_seconds_median']:.1f} s/epoch, "
+            f"final sv [{sv['min'][-1]:.3f}, {sv['max'][-1]:.3f}]")
+    paired = summary["paired_vs_none"].get(name)
+    if paired:
+      d = paired["test_accuracy"]
+      line += f", vs none {d['mean_difference']:+.4f} +- {d['ci95']:.4f} ({d['verdict']})"
+    logging.info(line)
+  return summary

@@ -1,0 +1,141 @@
+"""Study D: arm -> TrainConfig mapping, summaries against hand computations, and a smoke run."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from isometry import constraint_study as cs
+from isometry import io
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_arms_map_to_their_constraint_and_penalty():
+  config = cs.StudyConfig(seeds=3, reg_strength=0.05, gain=1.1, synthetic_data=True)
+  names = cs.arm_names(config)
+  assert names == ("none", "soft", "projection", "cayley", "expm", "margin0", "margin0.01",
+                   "margin0.1", "margin1")
+  expected = {"none": ("none", "none", 0.0), "soft": ("none", "so", 0.05),
+              "projection": ("projection", "none", 0.0), "cayley": ("cayley", "none", 0.0),
+              "expm": ("expm", "none", 0.0), "margin0.1": ("margin", "none", 0.0),
+              "margin1": ("margin", "none", 0.0)}
+  for arm, (constraint, regularizer, reg) in expected.items():
+    c = cs.arm_train_config(config, arm)
+    assert (c.constraint, c.regularizer) == (constraint, regularizer), arm
+    assert [m.seed for m in c.members] == [0, 1, 2]
+    assert all(m.label == arm and m.reg_strength == reg and m.gain == 1.1
+               and m.init == "orthogonal" for m in c.members)
+  assert cs.arm_train_config(config, "margin0.01").margin == 0.01
+  assert cs.arm_train_config(config, "margin1").margin == 1.0
+  assert cs.band(config, "expm") == (1.1, 1.1)
+  assert cs.band(config, "margin0.1") == pytest.approx((0.99, 1.21))
+  assert cs.band(config, "soft") == (0.0, float("inf"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(arms=("hard",)), "unknown arm"), (dict(margins=(1.5,)), "margins"),
+    (dict(seeds=1), "seeds"), (dict(reg_strength=0.0), "soft needs"),
+    (dict(arms=(), margins=()), "at least one"), (dict(max_train_examples=10), "batch_size"),
+    (dict(dataset="cifar10"), "28 x 28")])
+def test_bad_settings_are_rejected(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    cs.StudyConfig(**kwargs)
+
+
+def _member(seed, val, test, sv, status="done"):
+  """A metrics.json member with per-epoch val accuracies and (min, mean, max) singular values."""
+  summary = lambda s: {"min": s[0], "mean": s[1], "max": s[2], "std": 0.0}
+  return {"config": {"seed": seed}, "status": status, "test_accuracy": test,
+          "initial": {"singular_values": summary(sv[0])},
+          "epochs": [{"val_accuracy": v, "singular_values": summary(s)}
+                     for v, s in zip(val, sv[1:])]}
+
+
+def _metrics():
+  return {"members": [
+      _member(0, [0.5, 0.7, 0.6], 0.65, [(1, 1, 1), (0.9, 1.0, 1.1), (0.8, 1.0, 1.3),
+                                         (0.7, 1.0, 1.4)]),
+      _member(1, [0.4, 0.5, 0.8], 0.75, [(1, 1, 1), (0.7, 1.0, 1.3), (0.6, 1.0, 1.5),
+                                         (0.5, 1.0, 1.6)]),
+      _member(2, [0.1, None, None], None, [(1, 1, 1), (0.1, 2.0, 9.0), (0.1, 2.0, 9.0),
+                                           (0.1, 2.0, 9.0)], status="diverged")]}
+
+
+def test_summaries_match_hand_computation():
+  metrics = _metrics()
+  best = cs.per_seed(metrics, "best_val_accuracy", 3)
+  np.testing.assert_array_equal(best[:2], [0.7, 0.8])
+  assert np.isnan(best[2])  # diverged seeds count as missing.
+  test = cs.interval(cs.per_seed(metrics, "test_accuracy", 3))
+  # Two values 0.65, 0.75: s = 0.0707107, t_{0.975, 1} = 12.7062047 (scipy.stats.t.ppf).
+  assert test["n"] == 2 and test["mean"] == pytest.approx(0.70, abs=1e-12)
+  assert test["ci95"] == pytest.approx(12.7062047 * 0.0707107 / np.sqrt(2), rel=1e-6)
+  sv = cs.singular_value_trajectory(metrics)
+  assert sv["epoch"] == [0, 1, 2, 3]
+  np.testing.assert_allclose(sv["min"], [1.0, 0.8, 0.7, 0.6])
+  np.testing.assert_allclose(sv["max"], [1.0, 1.2, 1.4, 1.5])
+  np.testing.assert_allclose(sv["min_over_seeds"], [1.0, 0.7, 0.6, 0.5])
+  np.testing.assert_allclose(sv["max_over_seeds"], [1.0, 1.3, 1.5, 1.6])
+  curve = cs.val_curve(metrics, 3)
+  np.testing.assert_allclose(curve["mean"], [(0.5 + 0.4 + 0.1) / 3, 0.6, 0.7])
+  timing = cs.timing({"epoch_seconds": [9.0, 2.0, 4.0, 3.0], "steps_per_epoch": 100})
+  assert timing["epoch_seconds_median"] == 3.0 and timing["ms_per_step"] == pytest.approx(30.0)
+  assert timing["first_epoch_seconds"] == 9.0 and timing["total_seconds"] == 18.0
+
+
+def test_paired_difference_matches_hand_computation():
+  arm = np.array([0.80, 0.82, 0.81, np.nan, 0.83])
+  none = np.array([0.79, 0.80, 0.81, 0.70, 0.80])
+  d = np.array([0.01, 0.02, 0.0, 0.03])  # the NaN seed is dropped with its partner.
+  result = cs.paired_difference(arm, none)
+  assert result["n_pairs"] == 4 and result["wins"] == 3
+  assert result["mean_difference"] == pytest.approx(0.015, abs=1e-12)
+  # t_{0.975, 3} = 3.182446305284263; paired t = 0.015 / (0.0129099 / 2) = 2.3238, p = 0.1028.
+  assert result["ci95"] == pytest.approx(3.182446305284263 * np.std(d, ddof=1) / 2, rel=1e-9)
+  assert result["p_value"] == pytest.approx(0.1028, abs=2e-4)
+  assert result["verdict"] == "no difference resolved"
+  assert cs.paired_difference(arm - 0.1, none)["verdict"] == "worse"
+  assert cs.paired_difference(arm + 0.1, none)["verdict"] == "better"
+
+
+def test_quick_run_keeps_the_constraints(tmp_path):
+  out = tmp_path / "d"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "study_constraints.py"), "--quick",
+       "--arms=none,projection,cayley,expm", "--margins=0,0.1", f"--out_dir={out}"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  study = io.read_json(out / "study.json")
+  arms = study["arms"]
+  assert list(arms) == ["none", "projection", "cayley", "expm", "margin0", "margin0.1"]
+  gain = study["config"]["gain"]
+  for name, entry in arms.items():
+    for metric in cs.METRICS:
+      assert entry[metric]["n"] == 2 and 0 <= entry[metric]["mean"] <= 1
+    sv = entry["singular_values"]
+    assert sv["epoch"] == [0, 1, 2] and len(entry["timing"]["epoch_seconds"]) == 2
+    if name == "none":
+      # Unconstrained Adam at lr 1e-2 moves W off the orthogonal point within an epoch.
+      assert max(sv["max_over_seeds"][1:]) > gain * 1.01
+      continue
+    lo, hi = entry["band"]
+    # float32 SVD of an 8 x 8 matrix that was projected or retracted in float32: ~1e-6
+    # relative; 1e-5 leaves room for the Cayley step's accumulated solve error over 8 steps.
+    assert min(sv["min_over_seeds"]) >= lo - 1e-5 * gain, name
+    assert max(sv["max_over_seeds"]) <= hi + 1e-5 * gain, name
+  # m = 0.1 is loose enough that training reaches the band's edge (clipping is active).
+  assert max(arms["margin0.1"]["singular_values"]["max_over_seeds"]) > gain * 1.05
+  assert set(study["paired_vs_none"]) == {"projection", "cayley", "expm", "margin0", "margin0.1"}
+  for name in ("D_accuracy.png", "D_singular_values.png", "D_val_curves.png"):
+    assert os.path.getsize(out / name) > 1000
+
+
+def test_bad_flag_exits_2_with_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "study_constraints.py"), "--margins=2",
+       f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and "margins" in proc.stderr
+  assert not os.listdir(tmp_path)
