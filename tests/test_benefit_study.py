@@ -1,0 +1,119 @@
+"""Study E: its sweeps pair every penalized member with an unpenalized twin, its statistics
+against hand computations, and the script end to end in --quick mode."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from isometry import benefit_study as bs
+from isometry import io
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_paired_difference_matches_hand_computation():
+  with_penalty = np.array([0.52, 0.55, 0.50, np.nan, 0.58])
+  without = np.array([0.50, 0.51, 0.51, 0.40, 0.53])
+  result = bs.paired_difference(with_penalty, without)
+  d = np.array([0.02, 0.04, -0.01, 0.05])  # The NaN seed is dropped with its partner.
+  # t_{0.975, 3} = 3.182446305284263 (scipy.stats.t.ppf(0.975, 3)); s = std(d, ddof=1).
+  half = 3.182446305284263 * np.std(d, ddof=1) / np.sqrt(4)
+  assert result["n_pairs"] == 4 and result["penalty_wins"] == 3
+  # Differences of float64 inputs: exact to rounding.
+  np.testing.assert_allclose(result["differences"], d, atol=1e-12)
+  assert result["mean"] == pytest.approx(0.025, abs=1e-12)
+  assert result["ci95"] == pytest.approx(half, rel=1e-9)
+  # Paired t = mean / (s / 2) = 0.025 / (0.0264575 / 2) = 1.88982, two-sided p with 3 dof.
+  assert result["p_value"] == pytest.approx(0.155182, abs=1e-6)
+
+
+def test_paired_difference_rejects_unpaired_shapes():
+  with pytest.raises(ValueError, match="seeds"):
+    bs.paired_difference(np.zeros(3), np.zeros(4))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(depths=(1, 8)), "depths"),
+    (dict(depths=(8, 8)), "repeats"),
+    (dict(tasks=("permuted",)), "tasks"),
+    (dict(depths=(), tasks=()), "nothing to run"),
+    (dict(seeds=1), "seeds"),
+    (dict(reg_strength=0.0), "reg_strength"),
+    (dict(regularizer="none"), "regularizer"),
+    (dict(max_train_examples=64), "max_train_examples"),
+    (dict(dataset="svhn"), "dataset"),
+])
+def test_bad_settings_raise_value_error(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    bs.StudyConfig(**overrides)
+
+
+def test_every_penalized_member_has_an_unpenalized_twin():
+  config = bs.StudyConfig(depths=(2, 8), seeds=3, reg_strength=0.5)
+  mlp = bs.mlp_train_config(config)
+  assert mlp.model == "mlp" and len(mlp.members) == 2 * 2 * 3
+  assert max(m.depth for m in mlp.members) == 8
+  for task in bs.TASKS:
+    rnn = bs.rnn_train_config(config, task)
+    assert rnn.model == "rnn" and rnn.task == task and len(rnn.members) == 2 * 3
+  for train_config in (mlp, bs.rnn_train_config(config, "pixel")):
+    # Twins: same seed (hence init and batch order), depth, gain and lr; only the penalty differs.
+    key = lambda m: (m.seed, m.depth, m.gain, m.lr, m.init)
+    off = {key(m): m for m in train_config.members if m.reg_strength == 0}
+    on = {key(m): m for m in train_config.members if m.reg_strength == 0.5}
+    assert set(off) == set(on) and len(off) == len(train_config.members) // 2
+  assert list(bs.run_configs(bs.StudyConfig(depths=()))) == ["rnn_row", "rnn_pixel"]
+
+
+def test_per_seed_reads_best_val_and_drops_diverged_members():
+  def member(seed, status, vals, test):
+    return {"config": {"label": "row_reg1", "seed": seed}, "status": status,
+            "initial": {"val_accuracy": 0.1},
+            "epochs": [{"val_accuracy": v} for v in vals], "test_accuracy": test}
+  members = [member(0, "done", [0.3, 0.5, 0.4], 0.45), member(1, "diverged", [0.2, None, None], None),
+             {"config": {"label": "row_reg0", "seed": 0}}]
+  values, curves = bs._per_seed(members, "row_reg1", seeds=2)
+  np.testing.assert_array_equal(values["best_val_accuracy"], [0.5, np.nan])
+  np.testing.assert_array_equal(values["test_accuracy"], [0.45, np.nan])
+  np.testing.assert_array_equal(curves, [[0.1, 0.3, 0.5, 0.4], [0.1, 0.2, np.nan, np.nan]])
+
+
+def test_quick_run_writes_study_and_figures(tmp_path):
+  out = tmp_path / "e"
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_benefit.py"),
+                         "--quick", f"--out_dir={out}"], capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  study = io.read_json(out / "study.json")
+  assert set(study["depths"]) == {"2", "4"} and set(study["tasks"]) == {"row", "pixel"}
+  # Synthetic 6 x 6 images: 6 rows of 6, or 36 pixels of 1.
+  assert study["tasks"]["row"]["time_steps"] == 6 and study["tasks"]["pixel"]["time_steps"] == 36
+  for entry in list(study["depths"].values()) + list(study["tasks"].values()):
+    for metric in bs.METRICS:
+      on = np.array(entry["with_penalty"][metric]["values"])
+      off = np.array(entry["without_penalty"][metric]["values"])
+      d = entry["difference"][metric]
+      assert d["n_pairs"] == 2 and len(on) == 2
+      np.testing.assert_allclose(d["differences"], on - off, atol=1e-12)
+      assert d["mean"] == pytest.approx(np.mean(on - off), abs=1e-12)
+    # Curves hold the initial point and every epoch (quick: 2).
+    assert len(entry["curves"]["with_penalty"]["val_accuracy_mean"]) == 3
+    # Orthogonal init at gain 1, trained: the gap is finite and non-negative.
+    assert entry["orthogonality_gap"]["without_penalty"]["mean"] >= 0
+  for name in ("benefit_vs_depth.png", "benefit_row_vs_pixel.png", "learning_curves.png"):
+    assert os.path.getsize(out / name) > 1000
+  for run in ("mlp", "rnn_row", "rnn_pixel"):
+    assert io.read_json(out / run / "status.json")["status"] == "done"
+
+
+@pytest.mark.parametrize("flag, word", [("--tasks=permuted", "permuted"), ("--depths=2,x", "depths"),
+                                        ("--seeds=1", "seeds")])
+def test_bad_flag_exits_2_with_one_line(tmp_path, flag, word):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_benefit.py"), flag,
+                         f"--out_dir={tmp_path / 'e'}"], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and word in proc.stderr
+  assert not os.path.exists(tmp_path / "e")
