@@ -42,7 +42,6 @@ from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
-from scipy import stats as scipy_stats
 
 from isometry import data
 from isometry import io
@@ -211,28 +210,12 @@ def run_configs(config: StudyConfig) -> dict:
 
 
 def paired_difference(with_penalty, without_penalty) -> dict:
-  """with - without, paired by seed: mean +- 95% t-interval, paired t-test, wins.
-
-  Args:
-    with_penalty, without_penalty: (seeds,) accuracies; seed i of one is paired with seed i of
-      the other. NaN (a diverged or missing member) drops the pair.
-
-  Returns:
-    {"mean", "ci95", "n_pairs", "p_value" (two-sided paired t-test; NaN below 2 pairs),
-     "penalty_wins" (pairs with a positive difference), "differences" (the kept pairs')}.
-  """
-  a = np.asarray(with_penalty, np.float64)
-  b = np.asarray(without_penalty, np.float64)
-  if a.shape != b.shape or a.ndim != 1:
-    raise ValueError(f"expected two (seeds,) arrays, got shapes {a.shape} and {b.shape}")
-  both = np.isfinite(a) & np.isfinite(b)
-  diff = a[both] - b[both]
-  mean, half = stats.mean_ci(diff) if diff.size else (np.nan, np.nan)
-  p_value = (float(scipy_stats.ttest_rel(a[both], b[both]).pvalue) if diff.size > 1
-             else float("nan"))
-  return {"mean": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
-          "p_value": p_value, "penalty_wins": int(np.sum(diff > 0)),
-          "differences": [float(d) for d in diff]}
+  """with - without, paired by seed (`stats.paired_difference`; NaN drops the pair), under this
+  study's names: {"mean", "ci95", "n_pairs", "p_value", "penalty_wins", "differences"}."""
+  result = stats.paired_difference(with_penalty, without_penalty)
+  result["mean"] = result.pop("mean_difference")
+  result["penalty_wins"] = result.pop("wins")
+  return result
 
 
 def _interval(values) -> dict:

@@ -42,10 +42,10 @@ from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
-from scipy import stats as scipy_stats
 
 from isometry import data
 from isometry import io
+from isometry import stats
 from isometry import train
 from isometry.stats import mean_ci
 
@@ -212,23 +212,19 @@ def interval(values: np.ndarray) -> dict:
 
 
 def paired_difference(arm: np.ndarray, baseline: np.ndarray) -> dict:
-  """arm - baseline paired by seed: mean +- 95% CI, paired t-test p, seeds where arm wins."""
-  both = np.isfinite(arm) & np.isfinite(baseline)
-  diff = arm[both] - baseline[both]
-  mean, half = mean_ci(diff) if diff.size else (np.nan, np.nan)
-  p_value = (float(scipy_stats.ttest_rel(arm[both], baseline[both]).pvalue)
-             if diff.size > 1 and np.any(diff != diff[0]) else float("nan"))
+  """arm - baseline paired by seed (`stats.paired_difference`) with a verdict: better / worse
+  where the 95% interval excludes 0, "no difference resolved" where it covers 0."""
+  result = stats.paired_difference(arm, baseline)
+  mean, half = result["mean_difference"], result["ci95"]
   if not np.isfinite(half):
-    verdict = "undetermined"
+    result["verdict"] = "undetermined"
   elif mean - half > 0:
-    verdict = "better"
+    result["verdict"] = "better"
   elif mean + half < 0:
-    verdict = "worse"
+    result["verdict"] = "worse"
   else:
-    verdict = "no difference resolved"
-  return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
-          "p_value": p_value, "wins": int(np.sum(diff > 0)),
-          "differences": [float(d) for d in diff], "verdict": verdict}
+    result["verdict"] = "no difference resolved"
+  return result
 
 
 def singular_value_trajectory(metrics: dict) -> dict:

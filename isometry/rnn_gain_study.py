@@ -36,7 +36,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from isometry import data
 from isometry import freeprob
@@ -48,6 +47,7 @@ from isometry import presets
 from isometry import rnn_meanfield as rm
 from isometry import train
 from isometry.stats import mean_ci
+from isometry.stats import paired_difference
 
 READINGS = ("stationary", "trajectory", "per_example")
 VARIANTS = ("untied_gaussian", "tied_gaussian", "data_wide", "data_model")
@@ -441,16 +441,6 @@ def _interval(values: np.ndarray) -> dict:
   mean, half = mean_ci(values)
   return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
           "values": values}
-
-
-def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
-  """a - b paired by seed: mean +- 95% t interval, paired t-test p-value, wins of a."""
-  both = np.isfinite(a) & np.isfinite(b)
-  diff = a[both] - b[both]
-  mean, half = mean_ci(diff) if diff.size else (np.nan, np.nan)
-  p = float(stats.ttest_rel(a[both], b[both]).pvalue) if diff.size > 1 else float("nan")
-  return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
-          "p_value": p, "wins": int(np.sum(diff > 0)), "differences": diff}
 
 
 def summarize_training(config: StudyConfig, tc: train.TrainConfig, metrics: dict) -> dict:

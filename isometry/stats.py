@@ -39,3 +39,33 @@ def mean_ci(x, axis: int = 0, level: float = 0.95):
   t = scipy_stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1))
   half = np.where(n >= 2, t * s / np.sqrt(np.maximum(n, 1)), np.nan)
   return np.asarray(mean), np.asarray(half)
+
+
+def paired_difference(a, b, level: float = 0.95) -> dict:
+  """a - b paired by seed: mean with its t-interval, the paired t-test, and a's wins.
+
+  Args:
+    a, b: (seeds,) measurements; seed i of a is paired with seed i of b. NaN (a diverged or
+      missing run) drops the pair.
+    level: confidence level of the interval.
+
+  Returns:
+    {"mean_difference", "ci95" (half-width at `level`), "n_pairs", "p_value" (two-sided paired
+     t-test; NaN below 2 pairs or when every difference is the same), "wins" (pairs with
+     a > b), "differences" (the kept pairs', as floats)}.
+
+  Raises:
+    ValueError: a and b are not 1-d arrays of one length.
+  """
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if a.shape != b.shape or a.ndim != 1:
+    raise ValueError(f"expected two (seeds,) arrays, got shapes {a.shape} and {b.shape}")
+  both = np.isfinite(a) & np.isfinite(b)
+  diff = a[both] - b[both]
+  mean, half = mean_ci(diff, level=level) if diff.size else (np.nan, np.nan)
+  varies = diff.size > 1 and np.any(diff != diff[0])
+  p_value = float(scipy_stats.ttest_rel(a[both], b[both]).pvalue) if varies else float("nan")
+  return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
+          "p_value": p_value, "wins": int(np.sum(diff > 0)),
+          "differences": [float(d) for d in diff]}

@@ -58,3 +58,21 @@ def test_too_few_samples_give_nan():
 def test_bad_level():
   with pytest.raises(ValueError, match="level"):
     stats.mean_ci([1.0, 2.0], level=1.0)
+
+
+def test_paired_difference_by_hand():
+  a = np.array([0.52, 0.55, 0.50, np.nan, 0.58])
+  b = np.array([0.50, 0.51, 0.51, 0.40, 0.53])
+  result = stats.paired_difference(a, b)
+  d = np.array([0.02, 0.04, -0.01, 0.05])  # The NaN seed is dropped with its partner.
+  assert result["n_pairs"] == 4 and result["wins"] == 3
+  np.testing.assert_allclose(result["differences"], d, atol=1e-12)
+  assert result["mean_difference"] == pytest.approx(0.025, abs=1e-12)
+  # t_{0.975, 3} from a table; s = std(d, ddof=1).
+  assert result["ci95"] == pytest.approx(3.182446305 * np.std(d, ddof=1) / 2, rel=1e-9)
+  # Paired t = 0.025 / (0.0264575 / 2) = 1.88982, two-sided p with 3 dof.
+  assert result["p_value"] == pytest.approx(0.155182, abs=1e-6)
+  # Identical differences: no test statistic, so no p-value.
+  assert np.isnan(stats.paired_difference(b + 0.5, b)["p_value"])
+  with pytest.raises(ValueError, match="seeds"):
+    stats.paired_difference(np.zeros(3), np.zeros(4))
