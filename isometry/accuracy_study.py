@@ -188,12 +188,6 @@ def load_data(config: StudyConfig) -> data.Dataset:
 # Summaries.
 
 
-def _interval(values) -> dict:
-  values = np.asarray(values, np.float64)
-  mean, half = stats.mean_ci(values)
-  return {"mean": float(mean), "ci95": float(half)}
-
-
 def summarize_run(metrics: dict, name: str, seeds: int) -> dict:
   """One init's numbers in one sweep's metrics.json.
 
@@ -214,7 +208,7 @@ def summarize_run(metrics: dict, name: str, seeds: int) -> dict:
   with np.errstate(all="ignore"):
     best = np.nanmax(np.where(np.isfinite(curves[:, 1:]), curves[:, 1:], np.nan), axis=1)
   curve_mean, curve_half = stats.mean_ci(curves, axis=0)
-  test_ci, best_ci = _interval(test), _interval(best)
+  test_ci, best_ci = stats.interval(test), stats.interval(best)
   return {"test_accuracy": test, "best_val_accuracy": best, "val_curves": curves,
           "diverged": int(sum(m["status"] == "diverged" for m in members)),
           "test_accuracy_mean": test_ci["mean"], "test_accuracy_ci95": test_ci["ci95"],

@@ -218,12 +218,6 @@ def paired_difference(with_penalty, without_penalty) -> dict:
   return result
 
 
-def _interval(values) -> dict:
-  values = np.asarray(values, np.float64)
-  mean, half = stats.mean_ci(values)
-  return {"mean": float(mean), "ci95": float(half), "values": [float(v) for v in values]}
-
-
 def _per_seed(members: list, label: str, seeds: int) -> dict:
   """{metric: (seeds,) values} and the validation curves (seeds, epochs + 1) of `label`;
   NaN for a diverged or missing member."""
@@ -270,11 +264,11 @@ def summarize_arm(run_dir: str, train_config: train.TrainConfig, arm: str, seeds
     label = _label(arm, reg)
     values, curves = _per_seed(members, label, seeds)
     per_reg[name] = values
-    entry[name] = {metric: _interval(values[metric]) for metric in METRICS}
+    entry[name] = {metric: stats.interval(values[metric]) for metric in METRICS}
     mean, half = stats.mean_ci(curves, axis=0)
     entry["curves"][name] = {"val_accuracy_mean": mean, "val_accuracy_ci95": half}
     index = [i for i, m in enumerate(train_config.members) if m.label == label]
-    entry["orthogonality_gap"][name] = _interval(
+    entry["orthogonality_gap"][name] = stats.interval(
         [_orthogonality_gap(run_dir, train_config, i) for i in index])
     entry[name]["diverged"] = sum(1 for m in members
                                   if m["config"]["label"] == label and m["status"] == "diverged")

@@ -203,14 +203,6 @@ def per_seed(metrics: dict, metric: str, seeds: int) -> np.ndarray:
   return values
 
 
-def interval(values: np.ndarray) -> dict:
-  """Mean +- 95% t half-width over the finite values, with the values themselves."""
-  values = np.asarray(values, np.float64)
-  mean, half = mean_ci(values)
-  return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
-          "values": [float(v) for v in values]}
-
-
 def paired_difference(arm: np.ndarray, baseline: np.ndarray) -> dict:
   """arm - baseline paired by seed (`stats.paired_difference`) with a verdict: better / worse
   where the 95% interval excludes 0, "no difference resolved" where it covers 0."""
@@ -278,7 +270,7 @@ def summarize_arm(config: StudyConfig, arm: str, metrics: dict, status: dict) ->
            "singular_values": singular_value_trajectory(metrics),
            "val_curve": val_curve(metrics, config.seeds), "timing": timing(status)}
   for metric in METRICS:
-    entry[metric] = interval(per_seed(metrics, metric, config.seeds))
+    entry[metric] = stats.interval(per_seed(metrics, metric, config.seeds))
   return entry
 
 

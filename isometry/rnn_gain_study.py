@@ -46,7 +46,7 @@ from isometry import models
 from isometry import presets
 from isometry import rnn_meanfield as rm
 from isometry import train
-from isometry.stats import mean_ci
+from isometry import stats
 from isometry.stats import paired_difference
 
 READINGS = ("stationary", "trajectory", "per_example")
@@ -437,12 +437,6 @@ def _per_seed(metrics: dict, gain: float, reg: float, metric: str, seeds: int) -
   return values
 
 
-def _interval(values: np.ndarray) -> dict:
-  mean, half = mean_ci(values)
-  return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
-          "values": values}
-
-
 def summarize_training(config: StudyConfig, tc: train.TrainConfig, metrics: dict) -> dict:
   """Per (gain, penalty): intervals of METRICS; paired g* - each other gain, per penalty."""
   gains = list(dict.fromkeys(m.gain for m in tc.members))
@@ -451,7 +445,7 @@ def summarize_training(config: StudyConfig, tc: train.TrainConfig, metrics: dict
   for reg in regs:
     for gain in gains:
       results.append({"gain": gain, "reg_strength": reg, **{
-          metric: _interval(_per_seed(metrics, gain, reg, metric, config.seeds))
+          metric: stats.interval(_per_seed(metrics, gain, reg, metric, config.seeds))
           for metric in METRICS}})
     for other in gains[1:]:
       comparisons.append({"g_star": gains[0], "gain": other, "reg_strength": reg, **{

@@ -39,7 +39,6 @@ from isometry import io
 from isometry import stats
 from isometry import presets as seed_presets
 from isometry import train
-from isometry.stats import mean_ci
 
 PRESETS = ("configs2", "configs3")
 FORMULAS = {"notebook": "notebook_so", "paper": "so"}
@@ -133,13 +132,6 @@ def _per_seed(members: list, label: str, metric: str, seeds: int) -> np.ndarray:
   return values
 
 
-def _interval(values: np.ndarray) -> dict:
-  mean, half = mean_ci(values)
-  finite = values[np.isfinite(values)]
-  return {"mean": float(mean), "ci95": float(half), "n": int(finite.size),
-          "values": [float(v) for v in values]}
-
-
 def _verdict(mean: float, half: float) -> str:
   if not np.isfinite(half):
     return "undetermined"
@@ -172,7 +164,7 @@ def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
       members = metrics["members"]
       labels = list(dict.fromkeys(m["config"]["label"] for m in members))
       summary["runs"][name] = {
-          label: {metric: _interval(_per_seed(members, label, metric, config.seeds))
+          label: {metric: stats.interval(_per_seed(members, label, metric, config.seeds))
                   for metric in METRICS} for label in labels}
       for p in seed_presets.get_preset(preset):
         if not (p.reg_strength > 0 and p.gain_adjusted):

@@ -69,3 +69,12 @@ def paired_difference(a, b, level: float = 0.95) -> dict:
   return {"mean_difference": float(mean), "ci95": float(half), "n_pairs": int(diff.size),
           "p_value": p_value, "wins": int(np.sum(diff > 0)),
           "differences": [float(d) for d in diff]}
+
+
+def interval(values, level: float = 0.95) -> dict:
+  """{"mean", "ci95", "n", "values"}: `mean_ci` of (seeds,) values (NaN = missing), the number of
+  finite values and the values themselves as floats, the form every study writes to JSON."""
+  values = np.asarray(values, np.float64)
+  mean, half = mean_ci(values, level=level)
+  return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
+          "values": [float(v) for v in values]}

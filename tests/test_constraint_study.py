@@ -8,6 +8,7 @@ import pytest
 
 from isometry import constraint_study as cs
 from isometry import io
+from isometry import stats
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,7 +69,7 @@ def test_summaries_match_hand_computation():
   best = cs.per_seed(metrics, "best_val_accuracy", 3)
   np.testing.assert_array_equal(best[:2], [0.7, 0.8])
   assert np.isnan(best[2])  # diverged seeds count as missing.
-  test = cs.interval(cs.per_seed(metrics, "test_accuracy", 3))
+  test = stats.interval(cs.per_seed(metrics, "test_accuracy", 3))
   # Two values 0.65, 0.75: s = 0.0707107, t_{0.975, 1} = 12.7062047 (scipy.stats.t.ppf).
   assert test["n"] == 2 and test["mean"] == pytest.approx(0.70, abs=1e-12)
   assert test["ci95"] == pytest.approx(12.7062047 * 0.0707107 / np.sqrt(2), rel=1e-6)
