@@ -1,11 +1,21 @@
-"""What every command-line script shares: bad input ends in one line on stderr and exit code 2.
+"""What every command-line script shares: flags, and one-line errors with exit code 2.
+
+A script's settings are declared once, as the fields of its config dataclass: `define_flags`
+makes one absl flag per field (same name, the field's default, help from the class docstring's
+"Attributes:" section, comma-separated lists for tuple fields) and `config_from_flags` builds the
+config from the flags the user set. Bad values end in one line naming the flag.
 
 absl's own flag errors (an unparsable value, an enum outside its choices) print a usage dump and
 exit 1; `run` routes them through `fail` too, so a script rejects any bad flag the same way,
-before any work.
+before any work. `--help` prints the script's docstring and flags and exits 0.
 """
+import dataclasses
 import os
+import re
 import sys
+import time
+import typing
+from typing import Any, Dict, Optional
 
 from absl import app, flags
 
@@ -57,7 +67,21 @@ def given_flags(names, numeric_lists=None) -> dict:
   return overrides
 
 
+_HELP = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def new_run_dir(name: str) -> str:
+  """runs/<name>/<date-time>: a fresh default results folder (runs/ is git-ignored), so that
+  running a script twice keeps both runs."""
+  return os.path.join("runs", name, time.strftime("%Y%m%d-%H%M%S"))
+
+
 def _parse_flags(argv):
+  # absl exits with status 1 after --help; asking for help is not an error, so print the
+  # script's docstring and flags ourselves and exit 0.
+  if any(arg in _HELP for arg in argv[1:]):
+    app.usage(shorthelp="--helpfull" not in argv[1:], writeto_stdout=True)
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -71,3 +95,149 @@ def run(main) -> None:
       fail(f"unexpected arguments: {' '.join(argv[1:])}")
     return main(argv)
   app.run(checked_main, flags_parser=_parse_flags)
+
+
+# ------------------------------------------------------------------- flags from a config class
+
+def _field_help(cls) -> Dict[str, str]:
+  """{field: help} from the "Attributes:" section of a Google-style class docstring.
+
+  An entry is `name: text` (or `a, b: text` for several fields), continued on lines indented
+  deeper than the name.
+  """
+  lines = (cls.__doc__ or "").splitlines()
+  helps, current, indent, inside = {}, [], None, False
+  for line in lines:
+    stripped = line.strip()
+    if stripped == "Attributes:":
+      inside = True
+      continue
+    if not inside:
+      continue
+    if not stripped:
+      continue
+    depth = len(line) - len(line.lstrip())
+    match = re.match(r"^([A-Za-z_][\w, ]*):\s*(.*)$", stripped)
+    if match and (indent is None or depth <= indent):
+      indent = depth
+      current = [name.strip() for name in match.group(1).split(",")]
+      for name in current:
+        helps[name] = match.group(2)
+    elif indent is not None and depth > indent:
+      for name in current:
+        helps[name] += " " + stripped
+    else:
+      break
+  return helps
+
+
+def _unwrap(annotation):
+  """(item type, is_tuple) of int, float, str, bool, Optional[...] and Tuple[X, ...] fields."""
+  origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+  if origin is typing.Union:
+    inner = [a for a in args if a is not type(None)]
+    if len(inner) == 1:
+      return _unwrap(inner[0])
+    if set(inner) == {int, float}:
+      return float, False
+  if origin in (tuple, typing.Tuple):
+    return args[0], True
+  return annotation, False
+
+
+def _flag_value(value, is_tuple):
+  if value is None:
+    return None
+  if is_tuple:
+    return [str(v) for v in value]
+  return value
+
+
+def define_flags(cls, *, skip=(), aliases: Optional[Dict[str, str]] = None,
+                 flag_values=flags.FLAGS) -> None:
+  """Defines one absl flag per field of the dataclass `cls` (but `skip`).
+
+  Flags carry the field's name and default; tuple fields are comma-separated lists.
+  `aliases` maps extra flag names to fields (old names that scripts keep accepting).
+  """
+  helps = _field_help(cls)
+  hints = typing.get_type_hints(cls)
+  # absl lists a script's own flags under --help by the module that defined them: the caller.
+  caller = sys._getframe(1).f_globals.get("__name__")  # pylint: disable=protected-access
+  module = sys.argv[0] if caller == "__main__" else caller
+  define = dict(flag_values=flag_values, module_name=module)
+  for field in dataclasses.fields(cls):
+    if field.name in skip or not field.init:
+      continue
+    kind, is_tuple = _unwrap(hints[field.name])
+    default = field.default if field.default is not dataclasses.MISSING else None
+    help_text = helps.get(field.name, field.name.replace("_", " ")) or field.name
+    value = _flag_value(default, is_tuple)
+    if is_tuple:
+      flags.DEFINE_list(field.name, value, help_text, **define)
+    elif kind is bool:
+      flags.DEFINE_boolean(field.name, value, help_text, **define)
+    elif kind is int:
+      flags.DEFINE_integer(field.name, value, help_text, **define)
+    elif kind is float:
+      flags.DEFINE_float(field.name, value, help_text, **define)
+    else:
+      flags.DEFINE_string(field.name, value, help_text, **define)
+  for alias, name in (aliases or {}).items():
+    flags.DEFINE_alias(alias, name, flag_values=flag_values)
+
+
+def _parse_item(name: str, kind, text: str):
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    return kind(text)
+  except ValueError:
+    noun = {int: "integers", float: "numbers", bool: "booleans"}.get(kind, "values")
+    raise ValueError(f"--{name} must be comma-separated {noun}, got {text!r}") from None
+
+
+def flag_overrides(cls, *, skip=(), flag_values=flags.FLAGS) -> Dict[str, Any]:
+  """{field: value} for the fields of `cls` whose flags the user set, converted to field types.
+
+  Raises:
+    ValueError: a list item that does not convert (one line, naming the flag).
+  """
+  hints = typing.get_type_hints(cls)
+  overrides = {}
+  for field in dataclasses.fields(cls):
+    if field.name in skip or field.name not in flag_values or not flag_values[field.name].present:
+      continue
+    kind, is_tuple = _unwrap(hints[field.name])
+    value = flag_values[field.name].value
+    if is_tuple:
+      value = tuple(_parse_item(field.name, kind, item) for item in value)
+    overrides[field.name] = value
+  return overrides
+
+
+def name_the_flag(message: str, names) -> str:
+  """The message of an error raised by a config, naming the flag: "width must be > 0" ->
+  "--width must be > 0", "unknown weights 'x'" -> "--weights: unknown weights 'x'" (the first
+  flag name the message mentions)."""
+  for name in names:
+    if re.match(rf"^{re.escape(name)}\b", message):
+      return "--" + message
+  found = [(m.start(), name) for name in names
+           for m in [re.search(rf"(?<![\w-]){re.escape(name)}\b", message)] if m]
+  return f"--{min(found)[1]}: {message}" if found else message
+
+
+def config_from_flags(cls, *, skip=(), flag_values=flags.FLAGS, **fixed):
+  """cls(**fixed, **flag overrides): the config the command line asks for.
+
+  Raises:
+    ValueError: a bad value, one line naming its flag.
+  """
+  overrides = flag_overrides(cls, skip=skip, flag_values=flag_values)
+  try:
+    return cls(**{**fixed, **overrides})
+  except ValueError as e:
+    raise ValueError(name_the_flag(str(e), [f.name for f in dataclasses.fields(cls)])) from None

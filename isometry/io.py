@@ -9,7 +9,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -32,6 +32,33 @@ def atomic_path(path: str) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def prepare_out_dir(path: str, outputs: Sequence[str] = (), *, overwrite: bool = False) -> None:
+  """Makes `path` ready to receive a run's result files, before the run does any work.
+
+  Args:
+    path: the results folder (created if missing).
+    outputs: names of the files the run writes there; finding one means an earlier run's
+      results are there.
+    overwrite: replace an earlier run's results instead of refusing.
+
+  Raises:
+    ValueError: `path` is a file, holds an earlier run's results without `overwrite`, or
+      cannot be created or written to (one line, naming the folder).
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"out_dir {path!r} is a file, not a folder")
+  found = [name for name in outputs if os.path.exists(os.path.join(path, name))]
+  if found and not overwrite:
+    raise ValueError(f"out_dir {path!r} already holds an earlier run's {found[0]}: choose "
+                     f"another out_dir, or replace that run with --overwrite")
+  try:
+    os.makedirs(path, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ValueError(f"out_dir {path!r} cannot be written: {e.strerror or e}") from None
 
 
 def _to_builtin(value: Any) -> Any:

@@ -133,7 +133,16 @@ def _network(key, act, weights, sigma_w, sigma_b, q0, depth, width):
   return Network(_input(k_input, act, q0, width), *params)
 
 
-def _jacobian(key, act, weights, sigma_w, sigma_b, q0, depth, width):
+def _jacobians_at_depths(key, act, weights, sigma_w, sigma_b, q0, depths, width):
+  """Squared singular values of J at each depth in `depths` (ascending) for ONE network.
+
+  The network of depth d is the first d layers of the deepest one (layer l draws from
+  fold_in(k_layers, l) whatever the depth), so one product chain serves every depth: J is carried
+  through a `lax.scan` over each stretch of layers and its spectrum taken at the stretch's end.
+
+  Returns:
+    (len(depths), width) float64, each row ascending.
+  """
   k_input, k_layers = jax.random.split(key)
 
   def layer(carry, l):
@@ -142,9 +151,13 @@ def _jacobian(key, act, weights, sigma_w, sigma_b, q0, depth, width):
     h = w @ x + b
     return (act.fn(h), act.derivative(h)[:, None] * (w @ jac)), None
 
-  start = (_input(k_input, act, q0, width), jnp.eye(width, dtype=jnp.float64))
-  (_, jac), _ = lax.scan(layer, start, jnp.arange(depth))
-  return jac
+  carry = (_input(k_input, act, q0, width), jnp.eye(width, dtype=jnp.float64))
+  spectra, done = [], 0
+  for depth in depths:
+    carry, _ = lax.scan(layer, carry, jnp.arange(done, depth))
+    spectra.append(_squared_singular_values(carry[1]))
+    done = depth
+  return jnp.stack(spectra)
 
 
 def _squared_singular_values(jac):
@@ -155,11 +168,12 @@ def _squared_singular_values(jac):
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 6, 7, 8, 9))
-def _ffn_spectra(key, act, weights, sigma_w, sigma_b, q0, depth, width, num_networks, sweep):
+def _ffn_spectra(key, act, weights, sigma_w, sigma_b, q0, depths, width, num_networks, sweep):
+  """(G?, len(depths), num_networks, width) squared singular values."""
   def one_gain(sw, sb, q):
     def one_network(k):
-      return _squared_singular_values(_jacobian(k, act, weights, sw, sb, q, depth, width))
-    return jax.vmap(one_network)(jax.random.split(key, num_networks))
+      return _jacobians_at_depths(k, act, weights, sw, sb, q, depths, width)
+    return jnp.swapaxes(jax.vmap(one_network)(jax.random.split(key, num_networks)), 0, 1)
   if sweep:
     return jax.vmap(one_gain)(sigma_w, sigma_b, q0)
   return one_gain(sigma_w, sigma_b, q0)
@@ -186,7 +200,7 @@ def sample_network(key, activation, weights: str, sigma_w, sigma_b, depth: int, 
 
 
 def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sigma_b,
-                                     depth: int, width: int, num_networks: int, q0=None):
+                                     depth, width: int, num_networks: int, q0=None):
   """Eigenvalues of J J^T for random deep networks started at their fixed point.
 
   Args:
@@ -195,14 +209,18 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
     weights: "orthogonal" (sigma_w * Haar) or "gaussian" (variance sigma_w**2 / N); the other
       square initializers of `isometry.initializers` work too.
     sigma_w, sigma_b: scalars, or 1-d arrays of one length G (a sweep; scalars broadcast).
-    depth, width, num_networks: L, N and the number of independent networks.
+    depth: L, or a sequence of depths: then network i of depth d is the first d layers of
+      network i of the largest depth, and one chain of products serves all of them (the cost is
+      that of the deepest alone). Spectra at different depths are therefore correlated.
+    width, num_networks: N and the number of independent networks.
     q0: variance of the input pre-activations h_0 (scalar or (G,)). Default: q*(sigma_w, sigma_b);
       for relu and linear without bias the Jacobian does not depend on it and 1 is used. Pass it
       where q* is infinite (relu with sigma_w**2 > 2 and sigma_b > 0, say).
 
   Returns:
-    float64 array (num_networks, width), or (G, num_networks, width) for a sweep: the squared
-    singular values of J = D_L W_L ... D_1 W_1, ascending.
+    float64 array (num_networks, width) for an integer depth, (len(depth), num_networks, width)
+    for a sequence, with a leading (G,) axis for a sweep: the squared singular values of
+    J = D_L W_L ... D_1 W_1, ascending.
 
   Raises:
     ValueError: bad names, sizes or scales, or no finite q* and no q0.
@@ -213,17 +231,26 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
   """
   act = meanfield._resolve(activation)
   _check_weights(weights)
-  for name, value in (("depth", depth), ("width", width), ("num_networks", num_networks)):
+  several = not isinstance(depth, (int, np.integer))
+  depths = tuple(depth) if several else (depth,)
+  if not depths:
+    raise ValueError("depth must be a positive integer or a non-empty sequence of them")
+  for d in depths:
+    _check_positive_int("depth", d)
+  for name, value in (("width", width), ("num_networks", num_networks)):
     _check_positive_int(name, value)
   meanfield._check_scales(sigma_w, sigma_b)
   if q0 is not None:
     _check_nonnegative("q0", q0)
+  unique = tuple(int(d) for d in sorted(set(depths)))
   with jax.enable_x64(True):
     (sw, sb, q0), sweep = _sweep(sigma_w, sigma_b, q0)
     sw, sb = jnp.asarray(sw, jnp.float64), jnp.asarray(sb, jnp.float64)
     q = _resolve_input_variance(act, sw, sb, q0)
-    return meanfield._finish(
-        _ffn_spectra(key, act, weights, sw, sb, q, depth, width, num_networks, sweep))
+    spectra = meanfield._finish(
+        _ffn_spectra(key, act, weights, sw, sb, q, unique, width, num_networks, sweep))
+  spectra = spectra[..., [unique.index(d) for d in depths], :, :]
+  return spectra if several else spectra[..., 0, :, :]
 
 
 # ------------------------------------------------------------------------------- RNN

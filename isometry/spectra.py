@@ -20,19 +20,37 @@ from isometry.activations import get_activation
 
 @dataclasses.dataclass(frozen=True)
 class SpectraConfig:
-  """What to compare. Either `q_star` (a point on the critical line chi = 1) or both `sigma_w`
-  and `sigma_b` (any point of the phase diagram)."""
+  """What to compare: a point of the phase diagram, the depths, and the sampled networks.
+
+  The point is either `q_star` (on the critical line chi = 1) or both `sigma_w` and `sigma_b`.
+
+  Attributes:
+    activation: tanh, hard_tanh, relu, erf or linear.
+    weights: weight laws to compare: orthogonal, gaussian.
+    q_star: fixed point of the pre-activation variance on the critical line chi = 1 (ignored
+      when sigma_w and sigma_b are given). Small q* is where orthogonal networks are nearly
+      isometric (Pennington, Schoenholz & Ganguli 2017, Fig. 2); at q* = 1 both laws spread.
+    sigma_w: weight scale (with sigma_b: any point of the phase diagram).
+    sigma_b: bias scale.
+    depths: depths L; one chain of products per network serves them all.
+    width: width N of the sampled networks (shared/THEORY.md's checks, KS <= 0.02, are at 1000).
+    num_networks: independent networks per (weights, depth): the moments' standard errors.
+    seed: PRNG seed of the networks.
+    grid_points: points of the grid on which the density and the KS distance are evaluated.
+    grid_decades: the grid's logarithmic part spans this many decades below lambda_max (below
+      ~1e-10 lambda_max float64 eigenvalues are noise).
+  """
   activation: str = "tanh"
   weights: Tuple[str, ...] = ("orthogonal", "gaussian")
-  q_star: Optional[float] = 1.0
+  q_star: Optional[float] = 1.0 / 64
   sigma_w: Optional[float] = None
   sigma_b: Optional[float] = None
   depths: Tuple[int, ...] = (2, 8, 32, 128)
-  width: int = 1000             # N; THEORY.md's checks (KS <= 0.02) were at N = 1000
-  num_networks: int = 3         # independent networks per case: the moment standard errors
+  width: int = 1000
+  num_networks: int = 3
   seed: int = 0
-  grid_points: int = 500        # log grid of the predicted density
-  grid_decades: float = 10.0    # below ~1e-10 lambda_max float64 eigenvalues are noise
+  grid_points: int = 500
+  grid_decades: float = 10.0
 
   def __post_init__(self):
     get_activation(self.activation)
@@ -82,16 +100,23 @@ def _moment_summary(samples):
   }
 
 
-def compare(config: SpectraConfig, weights: str, depth: int, key) -> dict:
-  """Theory and Monte-Carlo for one (weights, depth) case; see `run` for the fields."""
+def compare(config: SpectraConfig, weights: str, depth: int, samples) -> dict:
+  """Theory against the sampled spectra for one (weights, depth) case; see `run` for the fields.
+
+  Args:
+    config: the comparison.
+    weights: "orthogonal" or "gaussian".
+    depth: L.
+    samples: (num_networks, width) squared singular values of sampled networks of depth L.
+  """
   sigma_w, sigma_b = config.scales()
   act = config.activation
+  samples = np.asarray(samples)
   mean, variance = freeprob.jacobian_moments(act, sigma_w, sigma_b, depth, weights)
   lambda_max = freeprob.max_squared_singular_value(act, sigma_w, sigma_b, depth, weights)
   grid = freeprob.spectral_grid(lambda_max, config.grid_points, config.grid_decades)
   density = freeprob.jacobian_spectral_density(act, sigma_w, sigma_b, depth, weights, grid)
-  samples = np.asarray(jacobian.jacobian_squared_singular_values(
-      key, act, weights, sigma_w, sigma_b, depth, config.width, config.num_networks))
+  cdf = freeprob.cumulative_distribution(density)
   empirical = _moment_summary(samples)
   empirical["lambda_max"] = float(samples.max())
   empirical["fraction_below_grid"] = float(np.mean(samples < grid[0]))
@@ -107,8 +132,10 @@ def compare(config: SpectraConfig, weights: str, depth: int, key) -> dict:
       "theory": {
           "mean": mean, "variance": variance, "lambda_max": lambda_max,
           "point_mass_at_zero": density.point_mass,
-          "lambdas": density.lambdas, "density": density.density,
-          "cdf": freeprob.cumulative_distribution(density),
+          # The KS distance covers the grid only: this is the mass the theory puts below it
+          # (atoms included), to set beside empirical["fraction_below_grid"].
+          "mass_below_grid": float(cdf[0]),
+          "lambdas": density.lambdas, "density": density.density, "cdf": cdf,
           "max_residual": float(density.residual.max()),
       },
       "empirical": empirical,
@@ -132,27 +159,43 @@ def _log_histogram(samples, grid, bins=60):
 def run(config: SpectraConfig, out_dir: str) -> dict:
   """Runs every (weights, depth) case and writes spectra.json and spectra.png into out_dir.
 
+  One chain of products per network serves every depth (the network of depth L is the first L
+  layers of the deepest one), and both weight laws use the same key: the orthogonal W_l is the
+  Q factor of the Gaussian draw that is, rescaled, the Gaussian W_l (common random numbers).
+
   Returns:
-    The JSON content: {"config": ..., "cases": [...]}, one case per (weights, depth) with its
-    parameters, theory (mean, variance, lambda_max, point mass at zero, density and CDF on the
-    grid), empirical moments with standard errors across networks, and the KS distance.
+    The JSON content: {"config": ..., "seconds": ..., "cases": [...]}, one case per
+    (weights, depth) with its parameters, theory (mean, variance, lambda_max, point mass at
+    zero, mass below the grid, density and CDF on the grid), empirical moments with standard
+    errors across networks and the fraction of eigenvalues below the grid, and the KS distance
+    (taken on the grid only).
   """
-  from isometry import plots
+  from isometry import plots  # Deferred: matplotlib takes a second to import.
+  started = time.time()
+  sigma_w, sigma_b = config.scales()
   key = jax.random.key(config.seed)
   cases = []
   for weights in config.weights:
-    for depth in config.depths:
-      key, case_key = jax.random.split(key)
+    start = time.time()
+    logging.info("sampling %d %s networks of width %d to depth %d (compiles first)",
+                 config.num_networks, weights, config.width, max(config.depths))
+    samples = jacobian.jacobian_squared_singular_values(
+        key, config.activation, weights, sigma_w, sigma_b, config.depths, config.width,
+        config.num_networks)
+    logging.info("sampled %s networks in %.1fs", weights, time.time() - start)
+    for depth, depth_samples in zip(config.depths, samples):
       start = time.time()
-      case = compare(config, weights, depth, case_key)
+      case = compare(config, weights, depth, depth_samples)
       cases.append(case)
-      logging.info("%s %s L=%d: KS %.4f, mean %.3g (theory %.3g, z %.1f), var %.3g (theory %.3g, "
-                   "z %.1f), %.1fs", config.activation, weights, depth, case["ks_distance"],
-                   case["empirical"]["mean"], case["theory"]["mean"],
-                   case["empirical"]["mean_z_score"], case["empirical"]["variance"],
-                   case["theory"]["variance"], case["empirical"]["variance_z_score"],
-                   time.time() - start)
-      result = {"config": dataclasses.asdict(config), "cases": cases}
-      io.write_json(f"{out_dir}/spectra.json", result)
+      logging.info("%s %s L=%d: KS %.4f, below grid %.3f (theory %.3f), mean %.3g (theory %.3g, "
+                   "z %.1f), var %.3g (theory %.3g, z %.1f), %.1fs", config.activation, weights,
+                   depth, case["ks_distance"], case["empirical"]["fraction_below_grid"],
+                   case["theory"]["mass_below_grid"], case["empirical"]["mean"],
+                   case["theory"]["mean"], case["empirical"]["mean_z_score"],
+                   case["empirical"]["variance"], case["theory"]["variance"],
+                   case["empirical"]["variance_z_score"], time.time() - start)
+  result = {"config": dataclasses.asdict(config), "seconds": time.time() - started,
+            "cases": cases}
+  io.write_json(f"{out_dir}/spectra.json", result)
   io.save_figure(plots.spectra_figure(result), f"{out_dir}/spectra.png")
   return result

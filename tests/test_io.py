@@ -32,3 +32,25 @@ def test_written_files_get_ordinary_permissions(tmp_path):
   umask = os.umask(0)
   os.umask(umask)
   assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_prepare_out_dir_refuses_files_and_earlier_runs(tmp_path):
+  file = tmp_path / "file"
+  file.write_text("")
+  with pytest.raises(ValueError, match="is a file"):
+    io.prepare_out_dir(str(file), ("a.json",))
+  run = tmp_path / "run"
+  io.prepare_out_dir(str(run), ("a.json",))          # Created, empty: fine.
+  (run / "a.json").write_text("{}")
+  with pytest.raises(ValueError, match="earlier run's a.json.*--overwrite"):
+    io.prepare_out_dir(str(run), ("a.json", "b.png"))
+  io.prepare_out_dir(str(run), ("a.json",), overwrite=True)
+  assert (run / "a.json").read_text() == "{}"     # Replaced by the run, not by the check.
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_prepare_out_dir_refuses_a_folder_it_cannot_write(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir(mode=0o500)
+  with pytest.raises(ValueError, match="cannot be written"):
+    io.prepare_out_dir(str(locked))

@@ -3,8 +3,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from isometry import jacobian
 from isometry import spectra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +37,9 @@ def test_run_writes_json_and_png_and_theory_matches_small_networks(tmp_path):
     (["--sigma_w=1"], "both sigma_w and sigma_b"),
     (["--q_star=-1"], "q_star"),
     (["--width=abc"], "width"),
-    (["--weights=uniform"], "weights"),
+    (["--weights=uniform"], "--weights"),
+    (["--depths=2,x"], "--depths must be comma-separated integers"),
+    (["--samples=0"], "--num_networks must be >= 2"),
 ])
 def test_script_rejects_bad_input_with_one_line_and_exit_2(flags, message, tmp_path):
   proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "spectra.py"),
@@ -45,3 +49,26 @@ def test_script_rejects_bad_input_with_one_line_and_exit_2(flags, message, tmp_p
   errors = [line for line in proc.stderr.splitlines() if "error" in line]
   assert len(errors) == 1 and message in errors[0], proc.stderr
   assert not os.listdir(tmp_path)
+
+
+def test_script_never_overwrites_a_run(tmp_path):
+  (tmp_path / "spectra.json").write_text("{}")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "spectra.py"),
+                         f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert "--overwrite" in proc.stderr.splitlines()[-1]
+  assert (tmp_path / "spectra.json").read_text() == "{}"
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "spectra.py"),
+                         f"--out_dir={tmp_path / 'spectra.json'}"], capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 2 and "is a file" in proc.stderr.splitlines()[-1]
+
+
+def test_each_depth_is_the_prefix_of_the_deepest_network(key):
+  """The comparison's samples come from one chain per network (`depth` as a sequence)."""
+  prefix = jacobian.jacobian_squared_singular_values(key, "tanh", "orthogonal", 1.2, 0.1,
+                                                     (1, 3), 6, 2)
+  for i, depth in enumerate((1, 3)):
+    alone = jacobian.jacobian_squared_singular_values(key, "tanh", "orthogonal", 1.2, 0.1,
+                                                      depth, 6, 2)
+    np.testing.assert_allclose(prefix[i], alone, rtol=1e-12, atol=1e-14)
