@@ -11,13 +11,16 @@ Sources, tried in this order by `load_dataset`:
 When neither works, `DataUnavailableError` says what to do.
 
 Splits: TFDS's / IDX's train (60000 for MNIST-like, 50000 for CIFAR-10) is divided into train and
-validation, `val_size` examples (12000 by default, the seed notebook's 48k / 12k split) going to
-validation: a random subset drawn with numpy's default_rng(split_seed), or with split_seed=None
-the LAST val_size examples, as Keras's `validation_split` takes them. The test split is kept.
+validation. `val_size` is a fraction of the training examples (0.2 by default: the seed
+notebook's 48k / 12k split of MNIST) or a count (an integer >= 1); the validation examples are a
+random subset drawn with numpy's default_rng(split_seed), or with split_seed=None the LAST ones,
+as Keras's `validation_split` takes them. The test split is kept.
 """
 import gzip
 import os
-from typing import NamedTuple, Optional
+import socket
+import zlib
+from typing import NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +82,10 @@ def read_idx(path: str) -> np.ndarray:
   with open(path, "rb") as f:
     raw = f.read()
   if raw[:2] == _GZIP_MAGIC:
-    raw = gzip.decompress(raw)
+    try:
+      raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+      raise ValueError(f"{path} is a truncated or corrupt gzip file ({e})") from None
   if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
     raise ValueError(f"{path} is not an IDX file (magic bytes {raw[:4]!r})")
   dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
@@ -87,8 +93,8 @@ def read_idx(path: str) -> np.ndarray:
   shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
   expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   if len(raw) != expected:
-    raise ValueError(f"{path}: IDX header says shape {shape} of {dtype} ({expected} bytes with "
-                     f"header), file has {len(raw)} bytes")
+    raise ValueError(f"{path} is truncated or corrupt: its IDX header says shape {shape} of "
+                     f"{dtype} ({expected} bytes with the header), the file has {len(raw)}")
   data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
   return data.astype(dtype.newbyteorder("="))
 
@@ -148,12 +154,20 @@ def _unavailable_message(name: str, data_dir: Optional[str], reason: str) -> str
 
 
 def _load_idx(files: dict) -> tuple:
+  """(train_x, train_y, test_x, test_y) from the four IDX files; ValueError naming the file."""
   arrays = {key: read_idx(path) for key, path in files.items()}
   for split in ("train", "test"):
     x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-      raise ValueError(f"IDX {split} files have inconsistent shapes: images {x.shape}, "
-                       f"labels {y.shape}")
+    x_path, y_path = files[f"{split}_x"], files[f"{split}_y"]
+    if x.ndim != 3:
+      raise ValueError(f"{x_path} holds an array of shape {x.shape}, not (N, rows, columns) "
+                       f"images")
+    if y.ndim != 1:
+      raise ValueError(f"{y_path} holds an array of shape {y.shape}, not (N,) labels")
+    if len(x) != len(y):
+      raise ValueError(f"{x_path} has {len(x)} images but {y_path} has {len(y)} labels")
+    if y.size and (y.min() < 0 or y.max() > 9):
+      raise ValueError(f"{y_path} has labels outside 0..9 (min {y.min()}, max {y.max()})")
   return arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"]
 
 
@@ -168,37 +182,111 @@ def _source_to_numpy(source) -> tuple:
   return np.stack(images), np.asarray(labels)
 
 
-def _load_tfds(name: str, data_dir: Optional[str], download: bool) -> tuple:
+# TFDS looks for a prepared copy on Google Cloud Storage before it downloads, and retries each
+# request with back-off: offline, that took 3.5 minutes before it gave up. One connection
+# attempt to that host, with this timeout, tells within seconds whether downloading can work.
+DOWNLOAD_PROBE = ("storage.googleapis.com", 443)
+DOWNLOAD_PROBE_TIMEOUT = 5.0
+
+
+def can_download(address=DOWNLOAD_PROBE, timeout: float = DOWNLOAD_PROBE_TIMEOUT) -> bool:
+  """Whether this machine can open a connection to TFDS's download host (or uses a proxy,
+  which this probe cannot judge)."""
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return True
+  try:
+    socket.create_connection(address, timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def tfds_splits(name: str, data_dir: Optional[str], download: bool, unavailable) -> list:
+  """[train, test] `tfds.data_source`s of a TFDS dataset, prepared first if allowed and needed.
+
+  A dataset already prepared in data_dir (or TFDS's default directory) is read offline. One that
+  is not is downloaded only where `download` is set and `can_download()`; otherwise, and when
+  TFDS fails in any other way, DataUnavailableError(unavailable(reason)) is raised at once.
+  """
   import tensorflow_datasets as tfds  # Deferred: importing TFDS takes seconds.
   try:
-    train, test = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
-                                   download=download)
+    return tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=False)
+  # Not prepared here (or unreadable: a TFRecord copy where ArrayRecord is needed, ...).
+  except Exception as e:  # pylint: disable=broad-except
+    not_prepared = e
+  if not download:
+    raise DataUnavailableError(unavailable(
+        f"TFDS failed with {type(not_prepared).__name__}: {not_prepared}")) from not_prepared
+  if not can_download():
+    host, port = DOWNLOAD_PROBE
+    raise DataUnavailableError(unavailable(
+        f"it is not prepared there, and this machine cannot reach TFDS's download host "
+        f"{host}:{port} (offline?)"))
+  try:
+    return tfds.data_source(name, split=["train", "test"], data_dir=data_dir, download=True)
+  # TFDS fails in many ways here (missing TensorFlow for preparation, a failed download,
+  # missing optional modules); all mean "not available".
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataUnavailableError(unavailable(f"TFDS failed with {type(e).__name__}: {e}")) from e
+
+
+def _load_tfds(name: str, data_dir: Optional[str], download: bool) -> tuple:
+  unavailable = lambda reason: _unavailable_message(name, data_dir, reason)
+  train, test = tfds_splits(name, data_dir, download, unavailable)
+  try:
     train_x, train_y = _source_to_numpy(train)
     test_x, test_y = _source_to_numpy(test)
-  # TFDS fails in many ways here (missing TensorFlow for preparation, no network, a TFRecord
-  # dataset where ArrayRecord is needed, missing optional modules); all mean "not available".
+  except DataUnavailableError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
-    raise DataUnavailableError(_unavailable_message(
-        name, data_dir, f"TFDS failed with {type(e).__name__}: {e}")) from e
+    raise DataUnavailableError(unavailable(f"TFDS failed with {type(e).__name__}: {e}")) from e
   if train_x.ndim == 4 and train_x.shape[-1] == 1:
     train_x, test_x = train_x[..., 0], test_x[..., 0]
   return train_x, train_y, test_x, test_y
 
 
-def split_validation(x, y, val_size: int, split_seed: Optional[int]):
-  """(train_x, train_y, val_x, val_y): val_size examples to validation, both in original order."""
+def validation_count(val_size: Union[int, float], num_examples: int) -> int:
+  """How many of `num_examples` training examples go to validation.
+
+  Args:
+    val_size: a fraction in [0, 1), or a count: an integer >= 1 (12000 and 12000.0 alike).
+    num_examples: the training split's size.
+
+  Raises:
+    ValueError: a negative or non-integer count, or one that leaves no training example.
+  """
+  if 0 <= val_size < 1:
+    count = int(round(val_size * num_examples))
+  elif val_size >= 1 and float(val_size).is_integer():
+    count = int(val_size)
+  else:
+    raise ValueError(f"val_size must be a fraction in [0, 1) or a whole number of examples, "
+                     f"got {val_size}")
+  if count >= num_examples:
+    raise ValueError(f"val_size {val_size} takes {count} of the {num_examples} training "
+                     f"examples, leaving none to train on")
+  return count
+
+
+def split_validation(x, y, val_size: Union[int, float], split_seed: Optional[int]):
+  """(train_x, train_y, val_x, val_y), both in original order.
+
+  Args:
+    x, y: the training split.
+    val_size: fraction or count of the examples that go to validation (`validation_count`).
+    split_seed: seed of the random validation subset; None takes the last ones.
+  """
   n = len(x)
-  if not 0 <= val_size < n:
-    raise ValueError(f"val_size must be in [0, {n}) for {n} training examples, got {val_size}")
+  count = validation_count(val_size, n)
   if split_seed is None:
     order = np.arange(n)
   else:
     order = np.random.default_rng(split_seed).permutation(n)
-  train_idx, val_idx = np.sort(order[:n - val_size]), np.sort(order[n - val_size:])
+  train_idx, val_idx = np.sort(order[:n - count]), np.sort(order[n - count:])
   return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
-def load_dataset(name: str, data_dir: Optional[str] = None, val_size: int = 12000,
+def load_dataset(name: str, data_dir: Optional[str] = None, val_size: float = 0.2,
                  split_seed: Optional[int] = 0, download: Optional[bool] = None) -> Dataset:
   """Loads mnist, fashion_mnist or cifar10 as numpy arrays with a validation split.
 
@@ -206,7 +294,8 @@ def load_dataset(name: str, data_dir: Optional[str] = None, val_size: int = 1200
     name: one of NAMES.
     data_dir: a folder with the four IDX files (mnist / fashion_mnist; taken to be the dataset
       `name`, which cannot be checked), or a TFDS data directory. None: TFDS's default.
-    val_size: number of training examples moved to validation.
+    val_size: fraction (in [0, 1)) or number (>= 1) of the training examples moved to
+      validation.
     split_seed: seed of the random validation subset; None takes the last val_size examples
       (Keras's validation_split). Train and validation keep the original order.
     download: let TFDS download and prepare the dataset. Default: True when data_dir is None,

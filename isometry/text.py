@@ -78,7 +78,7 @@ def _unavailable_message(name: str, data_dir: Optional[str], reason: str) -> str
 
 
 def load_text_dataset(name: str = "imdb_reviews", data_dir: Optional[str] = None,
-                      vocab_size: int = 10000, max_len: int = 256, val_size: int = 5000,
+                      vocab_size: int = 10000, max_len: int = 256, val_size: float = 5000,
                       split_seed: Optional[int] = 0,
                       download: Optional[bool] = None) -> data.Dataset:
   """A text dataset as padded token ids with a validation split.
@@ -88,8 +88,8 @@ def load_text_dataset(name: str = "imdb_reviews", data_dir: Optional[str] = None
     data_dir: a TFDS data directory (None: TFDS's default).
     vocab_size: ids per token, padding and out-of-vocabulary included.
     max_len: sequence length T.
-    val_size: training examples moved to validation (before the vocabulary is built, so it
-      comes from the remaining training texts only).
+    val_size: fraction or number of the training examples moved to validation (before the
+      vocabulary is built, so it comes from the remaining training texts only).
     split_seed: seed of the random validation subset (None: the last val_size examples).
     download: let TFDS download and prepare; default True when data_dir is None.
 
@@ -104,17 +104,15 @@ def load_text_dataset(name: str = "imdb_reviews", data_dir: Optional[str] = None
     raise ValueError(f"unknown text dataset {name!r}; choose one of {', '.join(NAMES)}")
   if download is None:
     download = data_dir is None
-  import tensorflow_datasets as tfds  # Deferred: importing TFDS takes seconds.
+  unavailable = lambda reason: _unavailable_message(name, data_dir, reason)
+  train, test = data.tfds_splits(name, data_dir, download, unavailable)
   try:
-    train, test = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
-                                   download=download)
     train_texts, train_y = _read_split(train)
     test_texts, test_y = _read_split(test)
   except data.DataUnavailableError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise data.DataUnavailableError(_unavailable_message(
-        name, data_dir, f"TFDS failed with {type(e).__name__}: {e}")) from e
+    raise data.DataUnavailableError(unavailable(f"TFDS failed with {type(e).__name__}: {e}")) from e
   train_texts, train_y, val_texts, val_y = data.split_validation(
       np.asarray(train_texts, dtype=object), train_y, val_size, split_seed)
   train_tokens = [tokenize(t) for t in train_texts]

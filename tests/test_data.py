@@ -1,6 +1,8 @@
 """IDX files, dataset loading (IDX, mocked TFDS, missing data), sequence views and epochs."""
 import importlib.util
 import os
+import socket
+import time
 
 import jax
 import numpy as np
@@ -132,11 +134,82 @@ def test_missing_data_message(tmp_path):
     data.load_dataset("cifar10", data_dir=str(tmp_path))
 
 
+def test_offline_is_detected_at_once(tmp_path, monkeypatch):
+  # Not prepared in data_dir, downloads allowed, but the download host is out of reach: the
+  # helpful message comes within seconds instead of after TFDS's minutes of retries.
+  pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(data, "can_download", lambda *args, **kwargs: False)
+  start = time.perf_counter()
+  with pytest.raises(data.DataUnavailableError, match="cannot reach") as info:
+    data.load_dataset("mnist", data_dir=str(tmp_path), download=True)
+  assert time.perf_counter() - start < 30
+  assert "--data_dir" in str(info.value)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                     reason="with TensorFlow installed TFDS could really download")
-def test_tfds_failure_becomes_data_unavailable(tmp_path):
+def test_tfds_failure_becomes_data_unavailable(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "can_download", lambda *args, **kwargs: True)
   with pytest.raises(data.DataUnavailableError, match="TFDS failed"):
     data.load_dataset("mnist", data_dir=str(tmp_path), download=True)
+
+
+def test_download_probe_on_a_closed_local_port():
+  # Nothing listens on this port of the loopback address: the probe says no, fast.
+  with socket.socket() as server:
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+  start = time.perf_counter()
+  assert not data.can_download(("127.0.0.1", port), timeout=2.0)
+  assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("val_size, expected", [(0.2, 12), (0.25, 15), (12, 12), (12.0, 12),
+                                                (0, 0)])
+def test_validation_count_takes_fractions_and_counts(val_size, expected):
+  assert data.validation_count(val_size, 60) == expected
+
+
+@pytest.mark.parametrize("val_size, match", [(1.5, "whole number"), (-0.1, "fraction"),
+                                             (60, "leaving none"), (0.999, "leaving none")])
+def test_validation_count_rejects(val_size, match):
+  with pytest.raises(ValueError, match=match):
+    data.validation_count(val_size, 60)
+
+
+def _corrupt_copies(tmp_path):
+  """A tiny gzipped IDX folder whose files the tests then spoil."""
+  folder = tmp_path / "idx"
+  folder.mkdir()
+  _write_tiny_idx(str(folder), n_test=5)
+  return folder
+
+
+def test_truncated_gzip_is_one_clear_error_naming_the_file(tmp_path):
+  folder = _corrupt_copies(tmp_path)
+  path = folder / "train-images-idx3-ubyte.gz"
+  raw = path.read_bytes()
+  path.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is a truncated or corrupt"):
+    data.load_dataset("mnist", data_dir=str(folder))
+  path.write_bytes(raw[:10] + b"\x00" * (len(raw) - 10))
+  with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is a truncated or corrupt"):
+    data.load_dataset("mnist", data_dir=str(folder))
+
+
+def test_inconsistent_idx_files_name_the_file(tmp_path):
+  folder = _corrupt_copies(tmp_path)
+  labels = str(folder / "t10k-labels-idx1-ubyte.gz")
+  data.write_idx(labels, np.zeros(3, np.uint8))
+  with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz has 5 images but .*"
+                                       "t10k-labels-idx1-ubyte.gz has 3 labels"):
+    data.load_dataset("mnist", data_dir=str(folder))
+  data.write_idx(labels, np.full(5, 12, np.uint8))
+  with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz has labels outside 0..9"):
+    data.load_dataset("mnist", data_dir=str(folder))
+  data.write_idx(str(folder / "t10k-images-idx3-ubyte.gz"), np.zeros((5, 4), np.uint8))
+  with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz holds an array of shape"):
+    data.load_dataset("mnist", data_dir=str(folder))
 
 
 def test_unknown_dataset():
