@@ -78,3 +78,13 @@ def interval(values, level: float = 0.95) -> dict:
   mean, half = mean_ci(values, level=level)
   return {"mean": float(mean), "ci95": float(half), "n": int(np.sum(np.isfinite(values))),
           "values": [float(v) for v in values]}
+
+
+def format_interval(mean: float, half: float, n: int, digits: int = 4) -> str:
+  """"0.8424 +- 0.0069 (95% CI, 3 seeds)"; with one value "0.8424 (1 seed, no interval)"; with
+  none "no value" (every seed diverged or missing)."""
+  if n == 0 or not np.isfinite(mean):
+    return "no value"
+  if n < 2 or not np.isfinite(half):
+    return f"{mean:.{digits}f} (1 seed, no interval)"
+  return f"{mean:.{digits}f} +- {half:.{digits}f} (95% CI, {n} seeds)"

@@ -33,6 +33,7 @@ References:
   OrthogonalRegRNNSV.ipynb; `isometry.presets`).
 """
 import dataclasses
+import fcntl
 import functools
 import itertools
 import json
@@ -68,6 +69,12 @@ OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 # spectra.npz), so pixel-by-pixel runs (T = 784) keep metrics.json small.
 MAX_JSON_TIME_STEPS = 64
 CHECKPOINT = "checkpoint.npz"
+# Every file a run writes into its out_dir (figures from `isometry.training_plots`).
+RUN_FILES = ("config.json", "status.json", "metrics.json", "spectra.npz", CHECKPOINT,
+             "singular_values.png", "curves.png", "gradients.png")
+# A live run holds an exclusive flock on this file; a run whose status.json says "running" but
+# whose lock nobody holds was killed.
+LOCK = ".lock"
 
 
 class SetupError(ValueError):
@@ -122,7 +129,8 @@ class TrainConfig:
     optimizer: adam, sgd or rmsprop.
     batch_size, epochs: as usual; an epoch is num_train // batch_size steps.
     unroll: lax.scan unroll over time.
-    val_size: examples held out of the training split for validation.
+    val_size: fraction of the training split held out for validation (0.2: the seed's 48k/12k
+      split of MNIST), or a number of examples (an integer >= 1).
     max_train_examples: keep only the first n training examples (smoke tests).
     split_seed: seed of the random validation subset (None: the last val_size examples, as
       Keras's validation_split takes them).
@@ -147,7 +155,7 @@ class TrainConfig:
   batch_size: int = presets.SEED_BATCH_SIZE
   epochs: int = presets.SEED_EPOCHS
   unroll: int = 4
-  val_size: int = 12000
+  val_size: float = 0.2
   max_train_examples: Optional[int] = None
   split_seed: Optional[int] = 0
   permutation_seed: int = 0
@@ -187,6 +195,8 @@ def _validate(c: TrainConfig) -> None:
          f"unknown task {c.task!r}; choose one of {', '.join(data.TASKS)}")
   for name in ("hidden", "batch_size", "epochs", "unroll", "val_size", "eval_batch_size"):
     _check(getattr(c, name) > 0, f"{name} must be > 0, got {getattr(c, name)}")
+  _check(c.val_size < 1 or float(c.val_size).is_integer(),
+         f"val_size must be a fraction in (0, 1) or a whole number of examples, got {c.val_size}")
   _check(c.max_train_examples is None or c.max_train_examples > 0,
          f"max_train_examples must be > 0, got {c.max_train_examples}")
   _check(c.sigma_b >= 0, f"sigma_b must be >= 0, got {c.sigma_b}")
@@ -743,15 +753,17 @@ def _unstack_history(stacked: dict, num_epochs: int) -> list:
   return [jax.tree.map(lambda x: x[e], stacked) for e in range(num_epochs)]
 
 
-def _config_summaries(config: TrainConfig, test: Optional[dict]) -> list:
-  """Test accuracy per label: mean and 95% t-interval half-width over seeds."""
+def _config_summaries(config: TrainConfig, test: Optional[dict], diverged: np.ndarray) -> list:
+  """Test accuracy per label over its seeds that did not diverge: mean and 95% t-interval
+  half-width (None below two seeds), the seeds counted and the diverged ones left out."""
   if test is None:
     return []
   summaries = []
   for label, idx in _labels(config).items():
-    values = np.asarray(test["accuracy"])[idx]
-    mean, half = stats.mean_ci(values[None, :], axis=1)
-    summaries.append({"label": label, "seeds": len(idx),
+    kept = [i for i in idx if not diverged[i]]
+    values = np.asarray(test["accuracy"])[kept]
+    mean, half = stats.mean_ci(values[None, :], axis=1) if kept else ([np.nan], [np.nan])
+    summaries.append({"label": label, "seeds": len(idx), "diverged": len(idx) - len(kept),
                       "test_accuracy_mean": _finite_or_none(mean[0]),
                       "test_accuracy_ci95": _finite_or_none(half[0])})
   return summaries
@@ -766,20 +778,23 @@ def _labels(config: TrainConfig) -> dict:
 
 def _metrics_json(config: TrainConfig, initial: dict, history: list, test: Optional[dict],
                   epoch_seconds: list, finished: bool) -> dict:
+  """metrics.json; a diverged member keeps its history but reports no test metrics."""
+  diverged = (np.asarray(history[-1]["diverged"], bool) if history
+              else np.zeros(len(config.members), bool))
   members = []
   for i, m in enumerate(config.members):
-    diverged = bool(history[-1]["diverged"][i]) if history else False
+    tested = test is not None and not diverged[i]
     entry = {
         "config": {**dataclasses.asdict(m), "penalty_gain": m.penalty_gain},
-        "status": "diverged" if diverged else ("done" if finished else "running"),
-        "diverged_epoch": int(history[-1]["diverged_epoch"][i]) if diverged else None,
+        "status": "diverged" if diverged[i] else ("done" if finished else "running"),
+        "diverged_epoch": int(history[-1]["diverged_epoch"][i]) if diverged[i] else None,
         "initial": _record(config, initial, i),
         "epochs": [{"epoch": e + 1, **_record(config, h, i)} for e, h in enumerate(history)],
-        "test_loss": _finite_or_none(test["loss"][i]) if test else None,
-        "test_accuracy": _finite_or_none(test["accuracy"][i]) if test else None,
+        "test_loss": _finite_or_none(test["loss"][i]) if tested else None,
+        "test_accuracy": _finite_or_none(test["accuracy"][i]) if tested else None,
     }
     members.append(entry)
-  metrics = {"members": members, "configs": _config_summaries(config, test),
+  metrics = {"members": members, "configs": _config_summaries(config, test, diverged),
              "epoch_seconds": epoch_seconds}
   if config.model != "mlp" and "grad_norm_through_time" in initial:
     metrics["grad_norm_time_steps"] = _time_indices(
@@ -890,16 +905,112 @@ def _progress_line(config: TrainConfig, epoch: int, seconds: float, steps: int,
   return " | ".join(parts)
 
 
-def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None,
-        callback: Optional[Callable[[int, dict], bool]] = None, devices=None,
+def _held_by_a_live_run(out_dir: str) -> bool:
+  """Whether a running process holds out_dir's lock (opening it read-only changes nothing)."""
+  try:
+    fd = os.open(os.path.join(out_dir, LOCK), os.O_RDONLY)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+  except OSError:
+    return True
+  finally:
+    os.close(fd)
+
+
+def read_status(out_dir: str) -> Optional[dict]:
+  """The status.json of the run in out_dir, or None where there is none.
+
+  A run whose status says "running" while no process holds its lock was killed (SIGKILL, a
+  crash, a lost machine): it is reported as "interrupted", with "killed": True, like a run
+  stopped by a signal; `run(..., resume=True)` continues it from its last checkpoint.
+  """
+  path = os.path.join(out_dir, "status.json")
+  if not os.path.isfile(path):
+    return None
+  status = io.read_json(path)
+  if status.get("status") == "running" and not _held_by_a_live_run(out_dir):
+    status = {**status, "status": "interrupted", "killed": True}
+  return status
+
+
+def _describe(status: Optional[dict]) -> str:
+  if status is None:
+    return "an earlier run's files"
+  done, total = status.get("epochs_done"), status.get("epochs")
+  how = " (killed: its status said running, and no process holds it)" if status.get("killed") else ""
+  return f"a {status['status']} run ({done} of {total} epochs){how}"
+
+
+def _check_out_dir(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool) -> bool:
+  """Validates out_dir before any work; True where the run continues from its checkpoint.
+
+  Raises:
+    SetupError: out_dir is a file; another process runs there; it holds a run and neither
+      `resume` nor `overwrite` says what to do with it (nothing is changed then); or `resume`
+      meets a checkpoint of another config.
+  """
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise SetupError(f"out_dir {out_dir!r} is a file, not a folder")
+  if _held_by_a_live_run(out_dir):
+    raise SetupError(f"out_dir {out_dir!r} is in use: another process is training there")
+  status = read_status(out_dir)
+  holds_a_run = status is not None or any(
+      os.path.exists(os.path.join(out_dir, name)) for name in ("metrics.json", CHECKPOINT))
+  checkpoint = os.path.join(out_dir, CHECKPOINT)
+  if resume and os.path.exists(checkpoint):
+    _check_checkpoint_config(checkpoint, config)
+    return True
+  if not holds_a_run or overwrite:
+    return False
+  if resume:
+    raise SetupError(f"out_dir {out_dir!r} holds {_describe(status)} but no {CHECKPOINT} to "
+                     f"resume from: start over with --overwrite, or choose another out_dir")
+  raise SetupError(f"out_dir {out_dir!r} holds {_describe(status)}: continue it with --resume, "
+                   f"start over with --overwrite, or choose another out_dir")
+
+
+class _RunLock:
+  """Holds an exclusive flock on out_dir/.lock while a run writes there."""
+
+  def __init__(self, out_dir: str):
+    self._path = os.path.join(out_dir, LOCK)
+    self._fd = None
+
+  def __enter__(self):
+    os.makedirs(os.path.dirname(self._path), exist_ok=True)
+    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      os.close(self._fd)
+      raise SetupError(f"out_dir {os.path.dirname(self._path)!r} is in use: another process "
+                       f"is training there") from None
+    return self
+
+  def __exit__(self, *exc):
+    os.close(self._fd)   # Closing the descriptor releases the lock.
+    return False
+
+
+def run(config: TrainConfig, out_dir: str, *, resume: bool = False, overwrite: bool = False,
+        dataset=None, callback: Optional[Callable[[int, dict], bool]] = None, devices=None,
         plots: bool = True) -> dict:
   """Trains the sweep `config`, writing results to `out_dir` after every epoch.
+
+  A folder that holds a run is never silently replaced: with neither `resume` nor `overwrite`
+  the call stops before any work, changing nothing.
 
   Args:
     config: the sweep.
     out_dir: results folder (created).
-    resume: continue from out_dir/checkpoint.npz if it exists; the config must be the same
-      but for `epochs`, which may be raised to extend a finished run.
+    resume: continue from out_dir/checkpoint.npz if it exists (an interrupted run, also one
+      that was killed; or a finished one whose `epochs` the config raises); the config must be
+      the same but for `epochs`. Without a checkpoint the run starts afresh.
+    overwrite: replace a run found in out_dir (without `resume`, or where it cannot resume).
     dataset: optional preloaded data (see `prepare_arrays`); default loads config.dataset.
     callback: called as callback(epoch, epoch_outputs) after each epoch's files are written;
       returning True stops the run as an interruption would (status "interrupted").
@@ -910,18 +1021,28 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
     The final metrics.json content.
 
   Raises:
-    SetupError: bad data for this config (missing files, too few examples) or a checkpoint of
-      another config, found before anything is written.
+    SetupError: before anything is written: out_dir is a file or in use by another run, holds
+      a run and neither resume nor overwrite is set, holds a checkpoint of another config;
+      bad data for this config (missing or corrupt files, too few examples).
   """
+  resume = _check_out_dir(config, out_dir, resume, overwrite)
   try:
     host = prepare_arrays(config, dataset)
   except ValueError as e:
     raise SetupError(str(e)) from e
+  with _RunLock(out_dir):
+    if not resume:
+      for name in RUN_FILES:
+        if os.path.exists(os.path.join(out_dir, name)):
+          os.remove(os.path.join(out_dir, name))
+    return _train(config, out_dir, host, resume, callback, devices, plots)
+
+
+def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callback, devices,
+           plots: bool) -> dict:
+  """The body of `run`, with out_dir checked and locked and the data on the host."""
   paths = {name: os.path.join(out_dir, name) for name in
            ("config.json", "status.json", "metrics.json", "spectra.npz", CHECKPOINT)}
-  resume = resume and os.path.exists(paths[CHECKPOINT])
-  if resume:
-    _check_checkpoint_config(paths[CHECKPOINT], config)
   program = make_train(config, host, devices)
   num_members = len(config.members)
   steps = host.train_x.shape[0] // config.batch_size
@@ -986,7 +1107,8 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
 
   if status == "interrupted":
     metrics = write("interrupted")
-    logging.info("interrupted after %d epochs; resume with resume=True", len(history))
+    logging.info("interrupted after %d epochs; continue with --resume (resume=True)",
+                 len(history))
   else:
     test = _strip(program.measure(states, arrays.test, arrays.probe_x, arrays.probe_y),
                   num_members)
@@ -995,9 +1117,12 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
     metrics = write(status, test=test)
     for summary in metrics["configs"]:
       nan_if_none = lambda x: float("nan") if x is None else x
-      logging.info("%s: test accuracy %.4f +- %.4f (95%% CI, %d seeds)", summary["label"],
-                   nan_if_none(summary["test_accuracy_mean"]),
-                   nan_if_none(summary["test_accuracy_ci95"]), summary["seeds"])
+      kept = summary["seeds"] - summary["diverged"]
+      logging.info("%s: test accuracy %s%s", summary["label"],
+                   stats.format_interval(nan_if_none(summary["test_accuracy_mean"]),
+                                         nan_if_none(summary["test_accuracy_ci95"]), kept),
+                   f"; {summary['diverged']} diverged seeds left out" if summary["diverged"]
+                   else "")
   if plots:
     try:
       from isometry import training_plots  # Deferred: matplotlib takes a second to import.

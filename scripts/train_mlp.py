@@ -45,11 +45,16 @@ flags.DEFINE_integer("epochs", 10, "Epochs.", lower_bound=1)
 flags.DEFINE_integer("seeds", 1, "Number of seeds (0..seeds-1) per configuration.",
                      lower_bound=1)
 flags.DEFINE_string("out_dir", None, "Results folder.")
-flags.DEFINE_integer("val_size", 12000, "Training examples held out for validation.",
-                     lower_bound=1)
+flags.DEFINE_float("val_size", 0.2, "Held out of the training split for validation: a "
+                   "fraction (0.2: the seed's 48k/12k of MNIST) or a number of examples.",
+                   lower_bound=0.0)
 flags.DEFINE_integer("max_train_examples", None, "Use only the first n training examples.",
                      lower_bound=1)
-flags.DEFINE_boolean("resume", False, "Continue from out_dir/checkpoint.npz if present.")
+flags.DEFINE_boolean("resume", False, "Continue the run in --out_dir (interrupted, killed, or "
+                     "finished with fewer --epochs) from its checkpoint.")
+flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir. A folder that holds a "
+                     "run is never replaced silently: without --resume or --overwrite the "
+                     "script stops, changing nothing.")
 flags.mark_flag_as_required("out_dir")
 
 
@@ -77,7 +82,8 @@ def _config() -> train.TrainConfig:
 def main(argv):
   del argv
   config = cli.call(_config)
-  cli.call(train.run, config, FLAGS.out_dir, resume=FLAGS.resume, errors=(train.SetupError,))
+  cli.call(train.run, config, FLAGS.out_dir, resume=FLAGS.resume,
+           overwrite=FLAGS.overwrite, errors=(train.SetupError,))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,9 @@ def test_paired_difference_by_hand():
   assert np.isnan(stats.paired_difference(b + 0.5, b)["p_value"])
   with pytest.raises(ValueError, match="seeds"):
     stats.paired_difference(np.zeros(3), np.zeros(4))
+
+
+def test_format_interval_says_what_it_has():
+  assert stats.format_interval(0.84241, 0.00691, 3) == "0.8424 +- 0.0069 (95% CI, 3 seeds)"
+  assert stats.format_interval(0.84241, float("nan"), 1) == "0.8424 (1 seed, no interval)"
+  assert stats.format_interval(float("nan"), float("nan"), 0) == "no value"

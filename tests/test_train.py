@@ -7,9 +7,11 @@ vmapped batch (or on another device) run the same float32 ops, but XLA may pick 
 for batched matmuls; after 16 Adam steps the metrics agree to ~1e-6, and rtol 1e-4 still fails
 on any real difference (a wrong key, batch order or hyperparameter moves the loss by > 1e-2).
 """
+import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +137,13 @@ def test_diverged_member_is_isolated(reference):
   # Frozen at its last finite parameters (the init, since the first step overflowed).
   assert overflow["epochs"][-1]["singular_values"] == overflow["initial"]["singular_values"]
   assert overflow["epochs"][0]["train_loss"] is None  # No step was taken.
+  # No test metrics for a diverged member, and none in its label's summary.
+  assert overflow["test_accuracy"] is None and overflow["test_loss"] is None
+  summary = {c["label"]: c for c in reference["metrics"]["configs"]}
+  assert summary["overflow"]["diverged"] == 1 and summary["overflow"]["test_accuracy_mean"] is None
+  assert summary["glorot"] == {"label": "glorot", "seeds": 1, "diverged": 0,
+                               "test_accuracy_mean": glorot["test_accuracy"],
+                               "test_accuracy_ci95": None}
   for member in (ortho, glorot):
     assert member["status"] == "done" and member["diverged_epoch"] is None
     assert all(np.isfinite(_numbers(member)))
@@ -337,3 +346,62 @@ def test_signals_request_a_stop_then_force_it():
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)  # Second: stop now.
   assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def _snapshot(folder):
+  return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+          if os.path.isfile(os.path.join(folder, name))}
+
+
+def test_rerun_into_a_run_stops_before_any_work_and_changes_nothing(reference, dataset):
+  before = _snapshot(reference["dir"])
+  with pytest.raises(train.SetupError, match="holds a done run .2 of 2 epochs.*--resume.*"
+                                             "--overwrite"):
+    train.run(_config(), reference["dir"], dataset=dataset, plots=False)
+  assert _snapshot(reference["dir"]) == before
+
+
+def test_out_dir_that_is_a_file_is_refused(dataset, tmp_path):
+  path = tmp_path / "file"
+  path.write_text("")
+  with pytest.raises(train.SetupError, match="is a file"):
+    train.run(_config(), str(path), dataset=dataset, plots=False)
+
+
+def test_killed_run_is_recognised_as_interrupted_and_resumes(reference, dataset, tmp_path):
+  # SIGKILL leaves status.json at "running", and the lock dies with the process.
+  out = str(tmp_path / "killed")
+  shutil.copytree(reference["dir"], out)
+  status = io.read_json(os.path.join(out, "status.json"))
+  io.write_json(os.path.join(out, "status.json"), {**status, "status": "running"})
+  seen = train.read_status(out)
+  assert seen["status"] == "interrupted" and seen["killed"]
+  with pytest.raises(train.SetupError, match="interrupted run .*killed.*--resume"):
+    train.run(_config(), out, dataset=dataset, plots=False)
+  resumed = train.run(_config(), out, dataset=dataset, plots=False, resume=True)
+  for got, want in zip(resumed["members"], reference["metrics"]["members"]):
+    _assert_members_close(got, want, rtol=1e-6)
+  assert train.read_status(out)["status"] == "done"
+
+
+def test_a_live_run_keeps_its_folder(dataset, tmp_path):
+  out = tmp_path / "live"
+  out.mkdir()
+  io.write_json(str(out / "status.json"), {"status": "running", "epochs_done": 1, "epochs": 2})
+  fd = os.open(str(out / train.LOCK), os.O_RDWR | os.O_CREAT)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)   # As a training process holds it.
+    assert train.read_status(str(out))["status"] == "running"
+    for kwargs in ({}, {"resume": True}, {"overwrite": True}):
+      with pytest.raises(train.SetupError, match="in use"):
+        train.run(_config(), str(out), dataset=dataset, plots=False, **kwargs)
+  finally:
+    os.close(fd)
+
+
+def test_overwrite_replaces_a_run(reference, dataset, tmp_path):
+  out = str(tmp_path / "replaced")
+  shutil.copytree(reference["dir"], out)
+  replaced = train.run(_config(), out, dataset=dataset, plots=False, overwrite=True)
+  for got, want in zip(replaced["members"], reference["metrics"]["members"]):
+    _assert_members_close(got, want, rtol=1e-6)
