@@ -71,6 +71,33 @@ def paired_difference(a, b, level: float = 0.95) -> dict:
           "differences": [float(d) for d in diff]}
 
 
+def holm(p_values) -> np.ndarray:
+  """Holm's step-down adjustment of a family of p-values (family-wise error control).
+
+  With the m p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
+  max_{j <= i} min(1, (m - j + 1) p_(j)); rejecting where the adjusted value is below alpha keeps
+  the probability of any false rejection in the family at most alpha, under any dependence
+  between the tests (Holm 1979, "A simple sequentially rejective multiple test procedure").
+
+  Args:
+    p_values: (m,) p-values of one family of comparisons; NaN (an undetermined test) is left
+      NaN and does not count towards m.
+
+  Returns:
+    (m,) float64 adjusted p-values, in the input's order.
+  """
+  p = np.asarray(p_values, np.float64)
+  if p.ndim != 1:
+    raise ValueError(f"expected a 1-d array of p-values, got shape {p.shape}")
+  adjusted = np.full(p.shape, np.nan)
+  finite = np.flatnonzero(np.isfinite(p))
+  order = finite[np.argsort(p[finite], kind="stable")]
+  m = order.size
+  scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+  adjusted[order] = np.maximum.accumulate(scaled)
+  return adjusted
+
+
 def interval(values, level: float = 0.95) -> dict:
   """{"mean", "ci95", "n", "values"}: `mean_ci` of (seeds,) values (NaN = missing), the number of
   finite values and the values themselves as floats, the form every study writes to JSON."""
