@@ -837,8 +837,14 @@ def _save_checkpoint(path: str, config: TrainConfig, states, initial: dict, hist
 def _check_checkpoint_config(path: str, config: TrainConfig) -> None:
   with np.load(path) as f:
     written = json.loads(str(f["config"]))
-  # Through JSON both sides, so tuples and lists compare equal.
-  if _comparable(written) != _comparable(json.loads(json.dumps(config.to_dict()))):
+  # Fields added to TrainConfig since the checkpoint was written take their defaults, so older
+  # runs still resume; through JSON both sides, so tuples and lists compare equal.
+  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+              if f.default is not dataclasses.MISSING}
+  known = {f.name for f in dataclasses.fields(TrainConfig)}
+  written = {**defaults, **{k: v for k, v in written.items() if k in known}}
+  current = json.loads(json.dumps(config.to_dict()))
+  if _comparable(json.loads(json.dumps(written))) != _comparable(current):
     raise SetupError(f"{path} was written by a different config; remove it or drop resume")
 
 
