@@ -396,13 +396,58 @@ def _cross_entropy(logits, y):
   return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformation:
+def _one_matrix_per_call(fn: Callable) -> Callable:
+  """fn(*arrays), batched by a loop: under vmap every LAPACK call inside fn gets one matrix.
+
+  Works around a deadlock in jaxlib's CPU LAPACK kernels (jax 0.10.0 to 0.11.0 at least;
+  jaxlib/cpu/lapack_kernels.cc, `ParallelBatchMap`). A batched call (SVD, QR, LU, triangular
+  solve, ...) whose batch is estimated at >= 2e5 flops is cut into chunks that are scheduled on
+  XLA:CPU's intra-op thread pool, one thread per core, and the calling thread then blocks on an
+  absl::BlockingCounter until they are done. XLA's thunk executor runs kernels on threads of
+  that same pool, and once every pool thread is such a waiter -- two devices each in its own
+  batched SVD on a 2-core machine, or two independent batched calls in one program -- nobody is
+  left to run the chunks and the program never returns. A call on one matrix never takes that
+  path. Upstream stopped parallelizing LAPACK over the batch in open-source builds after
+  jax-v0.11.0 (jax-ml/jax commit 859992407d), so there the loop costs nothing that the kernel
+  would not; benchmarks/xla_cpu_hang_repro.py reproduces the deadlock with jax and numpy only.
+
+  The loop is jax.custom_batching.sequential_vmap, which has no reverse-mode rule of its own;
+  the custom_vjp below gives it one that loops as well, so a looped fn can sit in a loss.
+  """
+  looped = jax.custom_batching.sequential_vmap(fn)
+  looped_vjp = jax.custom_batching.sequential_vmap(
+      lambda *args_and_ct: jax.vjp(fn, *args_and_ct[:-1])[1](args_and_ct[-1]))
+
+  @jax.custom_vjp
+  def call(*args):
+    return looped(*args)
+
+  def call_fwd(*args):
+    return looped(*args), args
+
+  def call_bwd(args, ct):
+    return looped_vjp(*args, ct)
+
+  call.defvjp(call_fwd, call_bwd)
+  return call
+
+
+def _loops_linalg(devices: Sequence) -> bool:
+  """Whether programs on `devices` need `_one_matrix_per_call`: on CPU only (GPUs batch
+  linear algebra in cuSOLVER, where a loop would only cost time)."""
+  return all(d.platform == "cpu" for d in devices)
+
+
+def make_optimizer(config: TrainConfig, lr, gain, *,
+                   one_matrix_per_call: bool = False) -> optax.GradientTransformation:
   """The member's optimizer: config.optimizer at rate `lr`, with config.constraint on the
   recurrent kernel (`lr` and `gain` may be traced per-member scalars).
 
   Post-processing constraints (projection, margin) are chained after the optimizer and masked
   to params["recurrent"]; cayley replaces the optimizer there (optax.multi_transform); expm
-  lives in the parametrization (see `materialize`), so the optimizer is left alone.
+  lives in the parametrization (see `materialize`), so the optimizer is left alone. With
+  `one_matrix_per_call` the constraint's update runs through `_one_matrix_per_call` (its SVDs
+  and solves would otherwise be batched over the members).
   """
   base = OPTIMIZERS[config.optimizer](lr)
   if config.constraint in ("none",) + constraints.PARAMETRIZATIONS:
@@ -411,8 +456,19 @@ def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformatio
   def is_recurrent(params):
     return {k: jax.tree.map(lambda _: k == "recurrent", v) for k, v in params.items()}
 
-  constraint = constraints.get_constraint(config.constraint, gain, margin=config.margin,
-                                          learning_rate=lr)
+  def constraint_at(lr, gain):
+    return constraints.get_constraint(config.constraint, gain, margin=config.margin,
+                                      learning_rate=lr)
+
+  constraint = constraint_at(lr, gain)
+  if one_matrix_per_call:
+    # lr and gain go in as arguments: a looped function may not close over batched values.
+    looped_update = _one_matrix_per_call(
+        lambda updates, state, params, lr, gain: constraint_at(lr, gain).update(
+            updates, state, params))
+    constraint = optax.GradientTransformation(
+        constraint.init, lambda updates, state, params=None: looped_update(
+            updates, state, params, jnp.asarray(lr), jnp.asarray(gain)))
   if config.constraint in constraints.REPLACES_OPTIMIZER:
     def labels(params):
       return jax.tree.map(lambda r: "constrained" if r else "free", is_recurrent(params))
@@ -420,17 +476,22 @@ def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformatio
   return optax.chain(base, optax.masked(constraint, is_recurrent))
 
 
-def materialize(config: TrainConfig, params: dict, gain) -> dict:
+def materialize(config: TrainConfig, params: dict, gain, *,
+                one_matrix_per_call: bool = False) -> dict:
   """The model's weights from its trainable params.
 
   With constraint "expm", params["recurrent"] is {"base", "a"} and the kernel is
   W = gain * base @ expm(a - a^T) (Lezcano-Casado & Martinez-Rubio 2019), `base` frozen by a
-  stop_gradient; otherwise params are the weights.
+  stop_gradient; otherwise params are the weights. `one_matrix_per_call`: the expm (LU solves,
+  forward and backward) through `_one_matrix_per_call`.
   """
   if config.constraint != "expm":
     return params
   r = params["recurrent"]
-  w = constraints.expm_parametrization(jax.lax.stop_gradient(r["base"]), r["a"], gain)
+  parametrization = constraints.expm_parametrization
+  if one_matrix_per_call:
+    parametrization = _one_matrix_per_call(parametrization)
+  w = parametrization(jax.lax.stop_gradient(r["base"]), r["a"], jnp.asarray(gain))
   return {**params, "recurrent": w}
 
 
@@ -484,10 +545,22 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
   recurrent = config.model != "mlp"
   if recurrent:
     init_cell, apply_cell = models.get_recurrent_cell(config.model)
+  # Every SVD, QR and solve of these programs goes through `_one_matrix_per_call` on CPU.
+  one_matrix = _loops_linalg(devices)
+
+  def kernel_initializer(hp):
+    # The models vmap the initializer over the MLP's hidden layers and the LSTM's gate blocks;
+    # looped, each orthogonal draw is a QR of one matrix.
+    def init(key, shape, dtype=jnp.float32):
+      def draw(key, index, gain):
+        return models.mixed_initializer(init_names, index, gain)(key, shape, dtype)
+      return (_one_matrix_per_call(draw) if one_matrix else draw)(
+          key, hp["init_index"], hp["gain"])
+    return init
 
   def init_params(hp):
     key = jax.random.fold_in(jax.random.key(hp["seed"]), 0)
-    kernel_init = models.mixed_initializer(init_names, hp["init_index"], hp["gain"])
+    kernel_init = kernel_initializer(hp)
     if not recurrent:
       return models.init_mlp(key, input_dim, classes, max_depth, hidden, kernel_init,
                              config.sigma_b)
@@ -502,7 +575,7 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     return params
 
   def weights(params, hp):
-    return materialize(config, params, hp["gain"])
+    return materialize(config, params, hp["gain"], one_matrix_per_call=one_matrix)
 
   def logits_fn(params, hp, x, perturbation=None):
     w = weights(params, hp)
@@ -529,7 +602,7 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     return hp["reg"] * value
 
   def optimizer(hp):
-    return make_optimizer(config, hp["lr"], hp["gain"])
+    return make_optimizer(config, hp["lr"], hp["gain"], one_matrix_per_call=one_matrix)
 
   def init_member(hp):
     params = init_params(hp)
@@ -559,11 +632,14 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
   def spectra(params, hp):
     w = weights(params, hp)
     svals = lambda m: jnp.linalg.svd(m, compute_uv=False)
+    if one_matrix:
+      svals = _one_matrix_per_call(svals)
+    stacked = jax.vmap(svals)  # (K, n, m) -> (K, min(n, m)), looped over K with one_matrix.
     if config.model == "rnn":
       return {"recurrent": svals(w["recurrent"])}
     if config.model == "lstm":
-      return {"recurrent": svals(models.lstm_recurrent_blocks(w["recurrent"]))}
-    return {"input": svals(w["input"]["w"]), "hidden": svals(w["hidden"]["w"])}
+      return {"recurrent": stacked(models.lstm_recurrent_blocks(w["recurrent"]))}
+    return {"input": svals(w["input"]["w"]), "hidden": stacked(w["hidden"]["w"])}
 
   def gradient_norms(params, hp, x, y):
     """Gradient norms on the probe batch: through time (RNN) or by layer (MLP).
