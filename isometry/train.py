@@ -24,7 +24,8 @@ and writes atomically, after every epoch, to `out_dir`:
                 the same final metrics as an uninterrupted run (epoch e's batches come from
                 fold_in(key(seed), e), nothing depends on the Python loop's history).
 SIGINT/SIGTERM stop the run after the current epoch with status "interrupted" (a second signal
-stops at once); finished epochs stay on disk. A member whose loss or parameters turn non-finite
+stops at once); finished epochs stay on disk. A run with no finished epoch for max(10x the last
+epoch's time, 300 s) logs a warning (see `run`). A member whose loss or parameters turn non-finite
 is marked diverged at that epoch and its parameters are frozen (`jnp.where` keeps the last finite
 values), so it cannot poison the others.
 
@@ -39,8 +40,10 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import logging
@@ -949,6 +952,89 @@ class _StopRequest:
     return False
 
 
+# The no-progress rule of `run` (module constants, so a test can shorten them): a warning when
+# nothing finished for max(WATCHDOG_FACTOR x the last epoch's seconds, WATCHDOG_MIN_SECONDS).
+WATCHDOG_FACTOR = 10.0
+WATCHDOG_MIN_SECONDS = 300.0
+
+
+class _Watchdog:
+  """Warns in the log when a run stops making progress; a daemon thread that only reads clocks.
+
+  The run calls `progress(next_step, expected_seconds)` each time it finishes something (data
+  and compilation, a measurement, an epoch). When `next_step` has not finished after
+  `limit(expected_seconds)` seconds, the thread logs one warning -- and another each time that
+  span passes again -- with the process's CPU time since the previous warning (near zero: every
+  thread idle, as in a deadlock) and the Python stack of the waiting thread. It never stops the
+  run: a slow epoch is no error, and a deadlocked XLA program cannot be interrupted from Python
+  anyway. Use as a context manager; the thread ends with the block.
+  """
+
+  def __init__(self, name: str):
+    self._name = name
+    self._owner = threading.get_ident()
+    self._lock = threading.Lock()
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name="isometry-watchdog", daemon=True)
+    self.progress("loading the data, compiling and initializing", None)
+
+  @staticmethod
+  def limit(expected_seconds: Optional[float]) -> float:
+    """Seconds without progress before a warning: max(WATCHDOG_FACTOR x expected_seconds,
+    WATCHDOG_MIN_SECONDS), and WATCHDOG_MIN_SECONDS alone when nothing is known yet."""
+    if expected_seconds is None:
+      return WATCHDOG_MIN_SECONDS
+    return max(WATCHDOG_FACTOR * expected_seconds, WATCHDOG_MIN_SECONDS)
+
+  def progress(self, next_step: str, expected_seconds: Optional[float]) -> None:
+    with self._lock:
+      self._step, self._expected = next_step, expected_seconds
+      self._since = self._window = time.monotonic()
+      self._window_cpu = time.process_time()
+      self._warnings = 0
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    return False
+
+  def _watch(self):
+    while not self._done.wait(min(5.0, WATCHDOG_MIN_SECONDS / 10)):
+      with self._lock:
+        now, cpu_now = time.monotonic(), time.process_time()
+        waited = now - self._since
+        if waited < (self._warnings + 1) * self.limit(self._expected):
+          continue
+        self._warnings += 1
+        step, expected = self._step, self._expected
+        # CPU over the span since the last warning (the first span includes any compilation).
+        window, cpu = now - self._window, cpu_now - self._window_cpu
+        self._window, self._window_cpu = now, cpu_now
+      logging.warning(
+          "%s: no progress for %.0f s waiting on %s (expected %s; warning after max(%g x that, "
+          "%g s)); the process used %.1f s of CPU in the last %.0f s%s. Waiting in:\n%s",
+          self._name, waited, step,
+          (f"about {expected:.1f} s, the last epoch's time" if expected is not None
+           else "unknown before the first epoch"),
+          WATCHDOG_FACTOR, WATCHDOG_MIN_SECONDS, cpu, window,
+          (" -- nearly idle, as in a deadlock (see benchmarks/xla_cpu_hang_repro.py)"
+           if cpu < 0.05 * window else ""),
+          self._stack())
+
+  def _stack(self) -> str:
+    """The waiting thread's Python stack from `_run` inward (all of it if `_run` is not on it)."""
+    frame = sys._current_frames().get(self._owner)  # pylint: disable=protected-access
+    if frame is None:
+      return "(the thread is gone)"
+    frames = traceback.extract_stack(frame)
+    starts = [i for i, f in enumerate(frames) if f.name == "_run" and f.filename == __file__]
+    return "".join(traceback.format_list(frames[starts[0] if starts else 0:]))
+
+
 def _progress_line(config: TrainConfig, epoch: int, seconds: float, steps: int,
                    out: dict) -> str:
   """Per label, means over its seeds of train loss, val accuracy and the singular-value range."""
@@ -988,7 +1074,21 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
   Raises:
     SetupError: bad data for this config (missing files, too few examples) or a checkpoint of
       another config, found before anything is written.
+
+  A run that makes no progress says so in its log (`_Watchdog`): when no epoch (or the
+  measurement before the first, or the test measurement after the last) has finished for
+  max(WATCHDOG_FACTOR x the last epoch's time, WATCHDOG_MIN_SECONDS) seconds -- 10x and 300 s;
+  300 s alone before the first epoch, which includes compilation -- it logs a warning with the
+  CPU time used meanwhile and the Python stack, and again each time that span passes again.
   """
+  with _Watchdog(out_dir) as watchdog:
+    return _run(config, out_dir, watchdog, resume=resume, dataset=dataset, callback=callback,
+                devices=devices, plots=plots)
+
+
+def _run(config: TrainConfig, out_dir: str, watchdog: _Watchdog, *, resume: bool, dataset,
+         callback: Optional[Callable[[int, dict], bool]], devices, plots: bool) -> dict:
+  """`run` itself; `watchdog.progress` marks each finished step."""
   try:
     host = prepare_arrays(config, dataset)
   except ValueError as e:
@@ -1015,6 +1115,7 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
     states = jax.device_put(states, program.member_sharding)
     logging.info("resuming %s from epoch %d", out_dir, len(history))
   else:
+    watchdog.progress("the initial measurement", None)
     initial = _strip(program.measure(states, arrays.val, arrays.probe_x, arrays.probe_y),
                      num_members)
     initial["val_loss"] = initial.pop("loss")
@@ -1039,6 +1140,7 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
   with _StopRequest() as stop:
     try:
       for epoch in range(len(history), config.epochs):
+        watchdog.progress(f"epoch {epoch + 1}", epoch_seconds[-1] if epoch_seconds else None)
         start = time.perf_counter()
         states, out = program.run_epoch(states, arrays, np.int32(epoch))
         out = _strip(out, num_members)
@@ -1064,6 +1166,7 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
     metrics = write("interrupted")
     logging.info("interrupted after %d epochs; resume with resume=True", len(history))
   else:
+    watchdog.progress("the test measurement", epoch_seconds[-1] if epoch_seconds else None)
     test = _strip(program.measure(states, arrays.test, arrays.probe_x, arrays.probe_y),
                   num_members)
     all_diverged = bool(history) and bool(np.all(history[-1]["diverged"]))
@@ -1075,6 +1178,7 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, dataset=None
                    nan_if_none(summary["test_accuracy_mean"]),
                    nan_if_none(summary["test_accuracy_ci95"]), summary["seeds"])
   if plots:
+    watchdog.progress("the plots", None)
     try:
       from isometry import training_plots  # Deferred: matplotlib takes a second to import.
       training_plots.plot_run(out_dir)

@@ -15,6 +15,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -333,6 +335,58 @@ def test_looped_linear_algebra_equals_batched(key):
                  for looped in (False, True))
     assert float(jnp.max(jnp.abs(want))) > 1e-2
     np.testing.assert_allclose(got, want, atol=1e-6, err_msg=constraint)
+
+
+def _watchdog_threads():
+  return [t for t in threading.enumerate() if t.name == "isometry-watchdog"]
+
+
+def test_watchdog_rule():
+  """A warning after 10x the last epoch's time, never before 300 s (compiles take a while)."""
+  assert train._Watchdog.limit(None) == 300.0
+  assert train._Watchdog.limit(100.0) == 1000.0
+  assert train._Watchdog.limit(2.0) == 300.0
+
+
+def test_watchdog_warns_while_nothing_finishes_and_stops_with_its_block(monkeypatch, caplog):
+  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 0.2)
+  caplog.set_level(logging.WARNING)
+  with train._Watchdog("runs/x") as watchdog:
+    watchdog.progress("epoch 3", 0.01)  # limit = max(10 x 0.01, 0.2) = 0.2 s.
+    time.sleep(1.0)
+    assert len(_watchdog_threads()) == 1
+  assert not _watchdog_threads()
+  warnings = [r.getMessage() for r in caplog.records if "no progress" in r.getMessage()]
+  assert warnings, caplog.text
+  first = warnings[0]
+  assert re.match(r"runs/x: no progress for \d+ s waiting on epoch 3 \(expected about 0\.0 s",
+                  first), first
+  assert "nearly idle, as in a deadlock" in first  # This thread slept: no CPU time.
+  assert "time.sleep(1.0)" in first  # The waiting thread's stack.
+  time.sleep(0.5)
+  assert len([r for r in caplog.records if "no progress" in r.getMessage()]) == len(warnings)
+
+
+def test_stalled_run_warns_and_keeps_its_results(reference, dataset, tmp_path, monkeypatch,
+                                                   caplog):
+  """A stall after epoch 1 (a callback that sleeps past the limit) is logged; the run's
+  results are the reference's, bit for bit (same program, inputs and device), and the watchdog
+  thread ends with the run."""
+  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 1.0)
+  caplog.set_level(logging.WARNING)
+
+  def stall(epoch, outputs):
+    del outputs
+    if epoch == 1:
+      time.sleep(2.5)
+    return False
+
+  metrics = train.run(_config(), str(tmp_path), dataset=dataset, plots=False, callback=stall)
+  assert not _watchdog_threads()
+  assert any("no progress for" in r.getMessage() and "waiting on epoch 1" in r.getMessage()
+             for r in caplog.records), caplog.text
+  for got, want in zip(metrics["members"], reference["metrics"]["members"]):
+    np.testing.assert_array_equal(_numbers(got), _numbers(want))
 
 
 def test_mlp_depths_share_one_program(dataset, tmp_path):
