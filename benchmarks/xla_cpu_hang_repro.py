@@ -32,9 +32,15 @@ and every other thread idle. For n = 18, ceil(2e5 / (10 * 18^3)) = 4 >= the batc
 runs inline; for n = 19 it is 3 and the call splits (and hangs). A call on one matrix never
 splits. Neither --xla_cpu_multi_thread_eigen=false nor shard_map (the same per-device program)
 removes the blocking wait; they only change which thread gets the call, so the hang comes and
-goes with the schedule. jax-v0.9.2 has no ParallelBatchMap; jax-v0.10.0 to v0.11.0 have it;
-jax-ml/jax commit 859992407d ("Don't try to parallelize LAPACK kernels in opensource builds")
-compiles it out of open-source builds after v0.11.0.
+goes with the schedule.
+
+Versions: jax 0.9.0 has no parallel LAPACK path (batched and below: FINISHED, run here).
+jax 0.9.1 and 0.9.2 parallelize the SVD alone (jax-ml/jax commit 460d6b5c3f), one task per
+matrix for any batch > 1 of matrices >= 8 x 8, with the same blocking wait (0.9.2 run here:
+batched and below both HUNG). jax 0.10.0 to 0.11.0 use ParallelBatchMap for every LAPACK kernel
+(SVD, QR, LU, Cholesky, eigh, triangular solve, ...). Commit 859992407d ("Don't try to
+parallelize LAPACK kernels in opensource builds") compiles it out of open-source builds after
+v0.11.0.
 
 Exit status: 1 if the batched case hung (the defect is present), else 0.
 """

@@ -402,17 +402,19 @@ def _cross_entropy(logits, y):
 def _one_matrix_per_call(fn: Callable) -> Callable:
   """fn(*arrays), batched by a loop: under vmap every LAPACK call inside fn gets one matrix.
 
-  Works around a deadlock in jaxlib's CPU LAPACK kernels (jax 0.10.0 to 0.11.0 at least;
-  jaxlib/cpu/lapack_kernels.cc, `ParallelBatchMap`). A batched call (SVD, QR, LU, triangular
-  solve, ...) whose batch is estimated at >= 2e5 flops is cut into chunks that are scheduled on
-  XLA:CPU's intra-op thread pool, one thread per core, and the calling thread then blocks on an
+  Works around a deadlock in jaxlib's CPU LAPACK kernels (jax 0.9.1 to at least 0.11.0: the SVD
+  alone in 0.9.x, every kernel through `ParallelBatchMap` in jaxlib/cpu/lapack_kernels.cc from
+  0.10, whose numbers follow). A batched call (SVD, QR, LU, triangular solve, ...) whose batch
+  is estimated at >= 2e5 flops is cut into chunks that are scheduled on XLA:CPU's intra-op
+  thread pool, one thread per core, and the calling thread then blocks on an
   absl::BlockingCounter until they are done. XLA's thunk executor runs kernels on threads of
   that same pool, and once every pool thread is such a waiter -- two devices each in its own
-  batched SVD on a 2-core machine, or two independent batched calls in one program -- nobody is
-  left to run the chunks and the program never returns. A call on one matrix never takes that
-  path. Upstream stopped parallelizing LAPACK over the batch in open-source builds after
-  jax-v0.11.0 (jax-ml/jax commit 859992407d), so there the loop costs nothing that the kernel
-  would not; benchmarks/xla_cpu_hang_repro.py reproduces the deadlock with jax and numpy only.
+  batched SVD on a 2-core machine (and in principle two independent batched calls of one
+  program) -- nobody is left to run the chunks and the program never returns. A call on one
+  matrix never takes that path. Upstream stopped parallelizing LAPACK over the batch in
+  open-source builds after jax-v0.11.0 (jax-ml/jax commit 859992407d), so there the loop costs
+  nothing that the kernel would not; benchmarks/xla_cpu_hang_repro.py reproduces the deadlock
+  with jax and numpy only.
 
   The loop is jax.custom_batching.sequential_vmap, which has no reverse-mode rule of its own;
   the custom_vjp below gives it one that loops as well, so a looped fn can sit in a loss.
