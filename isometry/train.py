@@ -24,7 +24,8 @@ and writes atomically, after every epoch, to `out_dir`:
                 the same final metrics as an uninterrupted run (epoch e's batches come from
                 fold_in(key(seed), e), nothing depends on the Python loop's history).
 SIGINT/SIGTERM stop the run after the current epoch with status "interrupted" (a second signal
-stops at once); finished epochs stay on disk. A member whose loss or parameters turn non-finite
+stops at once); finished epochs stay on disk. A run with no finished epoch for max(10x the last
+epoch's time, 300 s) logs a warning (see `run`). A member whose loss or parameters turn non-finite
 is marked diverged at that epoch and its parameters are frozen (`jnp.where` keeps the last finite
 values), so it cannot poison the others.
 
@@ -40,8 +41,10 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import logging
@@ -406,13 +409,60 @@ def _cross_entropy(logits, y):
   return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformation:
+def _one_matrix_per_call(fn: Callable) -> Callable:
+  """fn(*arrays), batched by a loop: under vmap every LAPACK call inside fn gets one matrix.
+
+  Works around a deadlock in jaxlib's CPU LAPACK kernels (jax 0.9.1 to at least 0.11.0: the SVD
+  alone in 0.9.x, every kernel through `ParallelBatchMap` in jaxlib/cpu/lapack_kernels.cc from
+  0.10, whose numbers follow). A batched call (SVD, QR, LU, triangular solve, ...) whose batch
+  is estimated at >= 2e5 flops is cut into chunks that are scheduled on XLA:CPU's intra-op
+  thread pool, one thread per core, and the calling thread then blocks on an
+  absl::BlockingCounter until they are done. XLA's thunk executor runs kernels on threads of
+  that same pool, and once every pool thread is such a waiter -- two devices each in its own
+  batched SVD on a 2-core machine (and in principle two independent batched calls of one
+  program) -- nobody is left to run the chunks and the program never returns. A call on one
+  matrix never takes that path. Upstream stopped parallelizing LAPACK over the batch in
+  open-source builds after jax-v0.11.0 (jax-ml/jax commit 859992407d), so there the loop costs
+  nothing that the kernel would not; benchmarks/xla_cpu_hang_repro.py reproduces the deadlock
+  with jax and numpy only.
+
+  The loop is jax.custom_batching.sequential_vmap, which has no reverse-mode rule of its own;
+  the custom_vjp below gives it one that loops as well, so a looped fn can sit in a loss.
+  """
+  looped = jax.custom_batching.sequential_vmap(fn)
+  looped_vjp = jax.custom_batching.sequential_vmap(
+      lambda *args_and_ct: jax.vjp(fn, *args_and_ct[:-1])[1](args_and_ct[-1]))
+
+  @jax.custom_vjp
+  def call(*args):
+    return looped(*args)
+
+  def call_fwd(*args):
+    return looped(*args), args
+
+  def call_bwd(args, ct):
+    return looped_vjp(*args, ct)
+
+  call.defvjp(call_fwd, call_bwd)
+  return call
+
+
+def _loops_linalg(devices: Sequence) -> bool:
+  """Whether programs on `devices` need `_one_matrix_per_call`: on CPU only (GPUs batch
+  linear algebra in cuSOLVER, where a loop would only cost time)."""
+  return all(d.platform == "cpu" for d in devices)
+
+
+def make_optimizer(config: TrainConfig, lr, gain, *,
+                   one_matrix_per_call: bool = False) -> optax.GradientTransformation:
   """The member's optimizer: config.optimizer at rate `lr`, with config.constraint on the
   recurrent kernel (`lr` and `gain` may be traced per-member scalars).
 
   Post-processing constraints (projection, margin) are chained after the optimizer and masked
   to params["recurrent"]; cayley replaces the optimizer there (optax.multi_transform); expm
-  lives in the parametrization (see `materialize`), so the optimizer is left alone.
+  lives in the parametrization (see `materialize`), so the optimizer is left alone. With
+  `one_matrix_per_call` the constraint's update runs through `_one_matrix_per_call` (its SVDs
+  and solves would otherwise be batched over the members).
   """
   base = OPTIMIZERS[config.optimizer](lr)
   if config.constraint in ("none",) + constraints.PARAMETRIZATIONS:
@@ -421,8 +471,19 @@ def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformatio
   def is_recurrent(params):
     return {k: jax.tree.map(lambda _: k == "recurrent", v) for k, v in params.items()}
 
-  constraint = constraints.get_constraint(config.constraint, gain, margin=config.margin,
-                                          learning_rate=lr)
+  def constraint_at(lr, gain):
+    return constraints.get_constraint(config.constraint, gain, margin=config.margin,
+                                      learning_rate=lr)
+
+  constraint = constraint_at(lr, gain)
+  if one_matrix_per_call:
+    # lr and gain go in as arguments: a looped function may not close over batched values.
+    looped_update = _one_matrix_per_call(
+        lambda updates, state, params, lr, gain: constraint_at(lr, gain).update(
+            updates, state, params))
+    constraint = optax.GradientTransformation(
+        constraint.init, lambda updates, state, params=None: looped_update(
+            updates, state, params, jnp.asarray(lr), jnp.asarray(gain)))
   if config.constraint in constraints.REPLACES_OPTIMIZER:
     def labels(params):
       return jax.tree.map(lambda r: "constrained" if r else "free", is_recurrent(params))
@@ -430,17 +491,22 @@ def make_optimizer(config: TrainConfig, lr, gain) -> optax.GradientTransformatio
   return optax.chain(base, optax.masked(constraint, is_recurrent))
 
 
-def materialize(config: TrainConfig, params: dict, gain) -> dict:
+def materialize(config: TrainConfig, params: dict, gain, *,
+                one_matrix_per_call: bool = False) -> dict:
   """The model's weights from its trainable params.
 
   With constraint "expm", params["recurrent"] is {"base", "a"} and the kernel is
   W = gain * base @ expm(a - a^T) (Lezcano-Casado & Martinez-Rubio 2019), `base` frozen by a
-  stop_gradient; otherwise params are the weights.
+  stop_gradient; otherwise params are the weights. `one_matrix_per_call`: the expm (LU solves,
+  forward and backward) through `_one_matrix_per_call`.
   """
   if config.constraint != "expm":
     return params
   r = params["recurrent"]
-  w = constraints.expm_parametrization(jax.lax.stop_gradient(r["base"]), r["a"], gain)
+  parametrization = constraints.expm_parametrization
+  if one_matrix_per_call:
+    parametrization = _one_matrix_per_call(parametrization)
+  w = parametrization(jax.lax.stop_gradient(r["base"]), r["a"], jnp.asarray(gain))
   return {**params, "recurrent": w}
 
 
@@ -494,10 +560,22 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
   recurrent = config.model != "mlp"
   if recurrent:
     init_cell, apply_cell = models.get_recurrent_cell(config.model)
+  # Every SVD, QR and solve of these programs goes through `_one_matrix_per_call` on CPU.
+  one_matrix = _loops_linalg(devices)
+
+  def kernel_initializer(hp):
+    # The models vmap the initializer over the MLP's hidden layers and the LSTM's gate blocks;
+    # looped, each orthogonal draw is a QR of one matrix.
+    def init(key, shape, dtype=jnp.float32):
+      def draw(key, index, gain):
+        return models.mixed_initializer(init_names, index, gain)(key, shape, dtype)
+      return (_one_matrix_per_call(draw) if one_matrix else draw)(
+          key, hp["init_index"], hp["gain"])
+    return init
 
   def init_params(hp):
     key = jax.random.fold_in(jax.random.key(hp["seed"]), 0)
-    kernel_init = models.mixed_initializer(init_names, hp["init_index"], hp["gain"])
+    kernel_init = kernel_initializer(hp)
     if not recurrent:
       return models.init_mlp(key, input_dim, classes, max_depth, hidden, kernel_init,
                              config.sigma_b)
@@ -512,7 +590,7 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     return params
 
   def weights(params, hp):
-    return materialize(config, params, hp["gain"])
+    return materialize(config, params, hp["gain"], one_matrix_per_call=one_matrix)
 
   def logits_fn(params, hp, x, perturbation=None):
     w = weights(params, hp)
@@ -539,7 +617,7 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     return hp["reg"] * value
 
   def optimizer(hp):
-    return make_optimizer(config, hp["lr"], hp["gain"])
+    return make_optimizer(config, hp["lr"], hp["gain"], one_matrix_per_call=one_matrix)
 
   def init_member(hp):
     params = init_params(hp)
@@ -569,11 +647,14 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
   def spectra(params, hp):
     w = weights(params, hp)
     svals = lambda m: jnp.linalg.svd(m, compute_uv=False)
+    if one_matrix:
+      svals = _one_matrix_per_call(svals)
+    stacked = jax.vmap(svals)  # (K, n, m) -> (K, min(n, m)), looped over K with one_matrix.
     if config.model == "rnn":
       return {"recurrent": svals(w["recurrent"])}
     if config.model == "lstm":
-      return {"recurrent": svals(models.lstm_recurrent_blocks(w["recurrent"]))}
-    return {"input": svals(w["input"]["w"]), "hidden": svals(w["hidden"]["w"])}
+      return {"recurrent": stacked(models.lstm_recurrent_blocks(w["recurrent"]))}
+    return {"input": svals(w["input"]["w"]), "hidden": stacked(w["hidden"]["w"])}
 
   def gradient_norms(params, hp, x, y):
     """Gradient norms on the probe batch: through time (RNN) or by layer (MLP).
@@ -894,6 +975,89 @@ class _StopRequest:
     return False
 
 
+# The no-progress rule of `run` (module constants, so a test can shorten them): a warning when
+# nothing finished for max(WATCHDOG_FACTOR x the last epoch's seconds, WATCHDOG_MIN_SECONDS).
+WATCHDOG_FACTOR = 10.0
+WATCHDOG_MIN_SECONDS = 300.0
+
+
+class _Watchdog:
+  """Warns in the log when a run stops making progress; a daemon thread that only reads clocks.
+
+  The run calls `progress(next_step, expected_seconds)` each time it finishes something (data
+  and compilation, a measurement, an epoch). When `next_step` has not finished after
+  `limit(expected_seconds)` seconds, the thread logs one warning -- and another each time that
+  span passes again -- with the process's CPU time since the previous warning (near zero: every
+  thread idle, as in a deadlock) and the Python stack of the waiting thread. It never stops the
+  run: a slow epoch is no error, and a deadlocked XLA program cannot be interrupted from Python
+  anyway. Use as a context manager; the thread ends with the block.
+  """
+
+  def __init__(self, name: str):
+    self._name = name
+    self._owner = threading.get_ident()
+    self._lock = threading.Lock()
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name="isometry-watchdog", daemon=True)
+    self.progress("loading the data, compiling and initializing", None)
+
+  @staticmethod
+  def limit(expected_seconds: Optional[float]) -> float:
+    """Seconds without progress before a warning: max(WATCHDOG_FACTOR x expected_seconds,
+    WATCHDOG_MIN_SECONDS), and WATCHDOG_MIN_SECONDS alone when nothing is known yet."""
+    if expected_seconds is None:
+      return WATCHDOG_MIN_SECONDS
+    return max(WATCHDOG_FACTOR * expected_seconds, WATCHDOG_MIN_SECONDS)
+
+  def progress(self, next_step: str, expected_seconds: Optional[float]) -> None:
+    with self._lock:
+      self._step, self._expected = next_step, expected_seconds
+      self._since = self._window = time.monotonic()
+      self._window_cpu = time.process_time()
+      self._warnings = 0
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._done.set()
+    self._thread.join()
+    return False
+
+  def _watch(self):
+    while not self._done.wait(min(5.0, WATCHDOG_MIN_SECONDS / 10)):
+      with self._lock:
+        now, cpu_now = time.monotonic(), time.process_time()
+        waited = now - self._since
+        if waited < (self._warnings + 1) * self.limit(self._expected):
+          continue
+        self._warnings += 1
+        step, expected = self._step, self._expected
+        # CPU over the span since the last warning (the first span includes any compilation).
+        window, cpu = now - self._window, cpu_now - self._window_cpu
+        self._window, self._window_cpu = now, cpu_now
+      logging.warning(
+          "%s: no progress for %.0f s waiting on %s (expected %s; warning after max(%g x that, "
+          "%g s)); the process used %.1f s of CPU in the last %.0f s%s. Waiting in:\n%s",
+          self._name, waited, step,
+          (f"about {expected:.1f} s, the last epoch's time" if expected is not None
+           else "unknown before the first epoch"),
+          WATCHDOG_FACTOR, WATCHDOG_MIN_SECONDS, cpu, window,
+          (" -- nearly idle, as in a deadlock (see benchmarks/xla_cpu_hang_repro.py)"
+           if cpu < 0.05 * window else ""),
+          self._stack())
+
+  def _stack(self) -> str:
+    """The waiting thread's Python stack from `_run` inward (all of it if `_run` is not on it)."""
+    frame = sys._current_frames().get(self._owner)  # pylint: disable=protected-access
+    if frame is None:
+      return "(the thread is gone)"
+    frames = traceback.extract_stack(frame)
+    starts = [i for i, f in enumerate(frames) if f.name == "_run" and f.filename == __file__]
+    return "".join(traceback.format_list(frames[starts[0] if starts else 0:]))
+
+
 def _progress_line(config: TrainConfig, epoch: int, seconds: float, steps: int,
                    out: dict) -> str:
   """Per label, means over its seeds of train loss, val accuracy and the singular-value range."""
@@ -1030,6 +1194,12 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, overwrite: b
     SetupError: before anything is written: out_dir is a file or in use by another run, holds
       a run and neither resume nor overwrite is set, holds a checkpoint of another config;
       bad data for this config (missing or corrupt files, too few examples).
+
+  A run that makes no progress says so in its log (`_Watchdog`): when no epoch (or the
+  measurement before the first, or the test measurement after the last) has finished for
+  max(WATCHDOG_FACTOR x the last epoch's time, WATCHDOG_MIN_SECONDS) seconds -- 10x and 300 s;
+  300 s alone before the first epoch, which includes compilation -- it logs a warning with the
+  CPU time used meanwhile and the Python stack, and again each time that span passes again.
   """
   resume = _check_out_dir(config, out_dir, resume, overwrite)
   try:
@@ -1041,12 +1211,14 @@ def run(config: TrainConfig, out_dir: str, *, resume: bool = False, overwrite: b
       for name in RUN_FILES:
         if os.path.exists(os.path.join(out_dir, name)):
           os.remove(os.path.join(out_dir, name))
-    return _train(config, out_dir, host, resume, callback, devices, plots)
+    with _Watchdog(out_dir) as watchdog:
+      return _train(config, out_dir, host, watchdog, resume, callback, devices, plots)
 
 
-def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callback, devices,
-           plots: bool) -> dict:
-  """The body of `run`, with out_dir checked and locked and the data on the host."""
+def _train(config: TrainConfig, out_dir: str, host: Arrays, watchdog: _Watchdog, resume: bool,
+           callback, devices, plots: bool) -> dict:
+  """The body of `run`, with out_dir checked and locked and the data on the host;
+  `watchdog.progress` marks each finished step."""
   paths = {name: os.path.join(out_dir, name) for name in
            ("config.json", "status.json", "metrics.json", "spectra.npz", CHECKPOINT)}
   program = make_train(config, host, devices)
@@ -1066,6 +1238,7 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callba
     states = jax.device_put(states, program.member_sharding)
     logging.info("resuming %s from epoch %d", out_dir, len(history))
   else:
+    watchdog.progress("the initial measurement", None)
     initial = _strip(program.measure(states, arrays.val, arrays.probe_x, arrays.probe_y),
                      num_members)
     initial["val_loss"] = initial.pop("loss")
@@ -1090,6 +1263,7 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callba
   with _StopRequest() as stop:
     try:
       for epoch in range(len(history), config.epochs):
+        watchdog.progress(f"epoch {epoch + 1}", epoch_seconds[-1] if epoch_seconds else None)
         start = time.perf_counter()
         states, out = program.run_epoch(states, arrays, np.int32(epoch))
         out = _strip(out, num_members)
@@ -1116,6 +1290,7 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callba
     logging.info("interrupted after %d epochs; continue with --resume (resume=True)",
                  len(history))
   else:
+    watchdog.progress("the test measurement", epoch_seconds[-1] if epoch_seconds else None)
     test = _strip(program.measure(states, arrays.test, arrays.probe_x, arrays.probe_y),
                   num_members)
     all_diverged = bool(history) and bool(np.all(history[-1]["diverged"]))
@@ -1130,6 +1305,7 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, resume: bool, callba
                    f"; {summary['diverged']} diverged seeds left out" if summary["diverged"]
                    else "")
   if plots:
+    watchdog.progress("the plots", None)
     try:
       from isometry import training_plots  # Deferred: matplotlib takes a second to import.
       training_plots.plot_run(out_dir)

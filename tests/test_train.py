@@ -8,13 +8,17 @@ for batched matmuls; after 16 Adam steps the metrics agree to ~1e-6, and rtol 1e
 on any real difference (a wrong key, batch order or hyperparameter moves the loss by > 1e-2).
 """
 import fcntl
+import functools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -188,18 +192,24 @@ def test_resume_refuses_a_different_config(reference, dataset):
   assert io.read_json(os.path.join(reference["dir"], "metrics.json")) == before
 
 
-_FOUR_DEVICES = """
+# argv: device count, dataset .npz, config.json, then output folders (each run with resume).
+_RUN_ON_DEVICES = """
 import sys
 import numpy as np
 import jax
 from isometry import data, io, train
-assert jax.local_device_count() == 4, jax.devices()
-arrays = np.load(sys.argv[1])
+assert jax.local_device_count() == int(sys.argv[1]), jax.devices()
+arrays = np.load(sys.argv[2])
 dataset = data.Dataset(*(arrays[k] for k in data.Dataset._fields))
-config = train.TrainConfig.from_dict(io.read_json(sys.argv[2]))
-for out in sys.argv[3:]:
+config = train.TrainConfig.from_dict(io.read_json(sys.argv[3]))
+for out in sys.argv[4:]:
   train.run(config, out, dataset=dataset, plots=False, resume=True)
 """
+
+
+def _devices_env(count: int) -> dict:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}",
+              PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 
 def test_four_devices_equal_one_device(reference, dataset, tmp_path):
@@ -210,12 +220,10 @@ def test_four_devices_equal_one_device(reference, dataset, tmp_path):
   fresh, resumed = str(tmp_path / "fresh"), str(tmp_path / "resumed")
   train.run(_config(), resumed, dataset=dataset, plots=False,
             callback=lambda epoch, outputs: epoch == 1)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   result = subprocess.run(
-      [sys.executable, "-c", _FOUR_DEVICES, data_path,
+      [sys.executable, "-c", _RUN_ON_DEVICES, "4", data_path,
        os.path.join(reference["dir"], "config.json"), fresh, resumed],
-      env=env, capture_output=True, text=True, timeout=600)
+      env=_devices_env(4), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   for out in (fresh, resumed):
     status = io.read_json(os.path.join(out, "status.json"))
@@ -224,6 +232,170 @@ def test_four_devices_equal_one_device(reference, dataset, tmp_path):
     for got, want in zip(metrics["members"], reference["metrics"]["members"]):
       assert got["status"] == want["status"]
       _assert_members_close(got, want, rtol=1e-4)
+
+
+def test_two_devices_finish_at_a_size_that_deadlocked(dataset, tmp_path):
+  """8 members at hidden 32 on 2 CPU devices finish, with the 1-device metrics.
+
+  Before `train._one_matrix_per_call` this run never returned (3 of 3 tries on 2 cores): the
+  first measurement's SVD of 4 32x32 matrices per device went to jaxlib's parallel batch path,
+  which blocks an XLA:CPU pool thread per device until every pool thread waits (see
+  benchmarks/xla_cpu_hang_repro.py; jaxlib splits a batch of 4 from hidden 19 up). A hard
+  timeout turns a regression into a failure instead of a stuck suite. The two runs do the same
+  float32 operations but for the per-device batch size of the batched matmuls, so they may differ
+  in the last bits: measured max relative difference 2.4e-7 (46 of 208 numbers differ at
+  all); rtol 1e-5 still fails on any real
+  difference (another member's hyperparameters or batch order moves the loss by > 1e-2).
+  """
+  config = _config(members=train.product_members(gains=(1.0, 1.2), seeds=4, lrs=(1e-2,)),
+                   hidden=32, epochs=1)
+  data_path, config_path = str(tmp_path / "data.npz"), str(tmp_path / "config.json")
+  np.savez(data_path, **dataset._asdict())
+  io.write_json(config_path, config.to_dict())
+  two = str(tmp_path / "two")
+  # Started first, so the in-process 1-device run overlaps its startup and compilation.
+  child = subprocess.Popen([sys.executable, "-c", _RUN_ON_DEVICES, "2", data_path, config_path,
+                            two], env=_devices_env(2), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    one = train.run(config, str(tmp_path / "one"), dataset=dataset, plots=False)
+    try:
+      _, stderr = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+      pytest.fail("the 2-device run did not finish in 120 s (normally ~15 s): deadlock?")
+  finally:
+    child.kill()
+    child.wait()
+  assert child.returncode == 0, stderr[-3000:]
+  assert io.read_json(os.path.join(two, "status.json"))["num_devices"] == 2
+  got = io.read_json(os.path.join(two, "metrics.json"))["members"]
+  for g, w in zip(got, one["members"]):
+    assert g["status"] == w["status"] == "done"
+    _assert_members_close(g, w, rtol=1e-5)
+
+
+# A LAPACK/BLAS custom call and its operand types in lowered StableHLO text.
+_LINALG_CALL = re.compile(r"custom_call @((?:lapack|blas)_\w+)\(.*?\)\s.*?:\s*\(([^)]*)\)")
+
+
+@pytest.mark.parametrize("model,constraint,depths", [
+    ("rnn", "projection", (1,)), ("rnn", "cayley", (1,)), ("rnn", "expm", (1,)),
+    ("lstm", "none", (1,)), ("mlp", "none", (1, 3))])
+def test_every_lapack_call_takes_one_matrix(dataset, model, constraint, depths):
+  """On CPU no LAPACK call of the sweep's programs gets a batch, the shape that deadlocks
+  jaxlib 0.10 (see train._one_matrix_per_call): init's orthogonal draws (vmapped over MLP layers
+  and LSTM gate blocks), the constraints' SVDs and solves, the expm (forward and backward) and
+  the spectra. The unfixed programs had e.g. gesdd on (4, 8, 8) and (8, 2, 8, 8) batches."""
+  config = _config(members=train.product_members(gains=(1.0, 1.5), seeds=2, depths=depths),
+                   model=model, constraint=constraint)
+  host = train.prepare_arrays(config, dataset)
+  program = train.make_train(config, host)
+  hparams = train.hparams_of(config.members, ("orthogonal",))
+  states = jax.eval_shape(program.init, hparams)
+  texts = [program.init.lower(hparams).as_text(),
+           program.run_epoch.lower(states, host, np.int32(0)).as_text(),
+           program.measure.lower(states, host.val, host.probe_x, host.probe_y).as_text()]
+  calls = [call for text in texts for call in _LINALG_CALL.findall(text)]
+  assert {name for name, _ in calls} >= {"lapack_sgesdd_ffi", "lapack_sgeqrf_ffi"}
+  for name, operands in calls:
+    ranks = [t.count("x") for t in re.findall(r"tensor<([^>]*)>", operands)]
+    assert ranks[0] == 2 and max(ranks) <= 2, (name, operands)
+
+
+def test_looped_linear_algebra_equals_batched(key):
+  """The looped expm parametrization (values and reverse-mode gradients) and the looped
+  constraint updates equal the batched ones under vmap. Same LAPACK calls on the same
+  matrices, so to rounding (measured equal; atol 1e-6 on entries of size ~1)."""
+  n, batch = 6, 3
+  k_base, k_a, k_g = jax.random.split(key, 3)
+  base = jax.vmap(lambda k: initializers.get_initializer("orthogonal")(k, (n, n)))(
+      jax.random.split(k_base, batch))
+  a = 0.1 * jax.random.normal(k_a, (batch, n, n))
+  gain = jnp.array([1.0, 1.1, 1.2])
+  config = _config(members=(train.Member("m"),), constraint="expm")
+
+  def loss(a, base, gain, looped):
+    params = {"recurrent": {"base": base, "a": a}}
+    w = train.materialize(config, params, gain, one_matrix_per_call=looped)["recurrent"]
+    return jnp.sum(jnp.sin(w))
+
+  for looped in (False, True):
+    value, grad = jax.jit(jax.vmap(jax.value_and_grad(functools.partial(loss, looped=looped))))(
+        a, base, gain)
+    if looped:
+      np.testing.assert_allclose(value, want_value, atol=1e-6)
+      np.testing.assert_allclose(grad, want_grad, atol=1e-6)
+    else:
+      want_value, want_grad = value, grad
+  assert float(jnp.max(jnp.abs(want_grad))) > 1e-2
+
+  w = base * gain[:, None, None]
+  g = jax.random.normal(k_g, (batch, n, n))
+  for constraint in ("projection", "cayley"):
+    config = _config(members=(train.Member("m"),), constraint=constraint)
+
+    def step(g, w, gain, looped):
+      params = {"recurrent": w}
+      tx = train.make_optimizer(config, jnp.float32(0.05), gain, one_matrix_per_call=looped)
+      updates, _ = tx.update({"recurrent": g}, tx.init(params), params)
+      return updates["recurrent"]
+
+    want, got = (jax.jit(jax.vmap(functools.partial(step, looped=looped)))(g, w, gain)
+                 for looped in (False, True))
+    assert float(jnp.max(jnp.abs(want))) > 1e-2
+    np.testing.assert_allclose(got, want, atol=1e-6, err_msg=constraint)
+
+
+def _watchdog_threads():
+  return [t for t in threading.enumerate() if t.name == "isometry-watchdog"]
+
+
+def test_watchdog_rule():
+  """A warning after 10x the last epoch's time, never before 300 s (compiles take a while)."""
+  assert train._Watchdog.limit(None) == 300.0
+  assert train._Watchdog.limit(100.0) == 1000.0
+  assert train._Watchdog.limit(2.0) == 300.0
+
+
+def test_watchdog_warns_while_nothing_finishes_and_stops_with_its_block(monkeypatch, caplog):
+  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 0.2)
+  caplog.set_level(logging.WARNING)
+  with train._Watchdog("runs/x") as watchdog:
+    watchdog.progress("epoch 3", 0.01)  # limit = max(10 x 0.01, 0.2) = 0.2 s.
+    time.sleep(1.0)
+    assert len(_watchdog_threads()) == 1
+  assert not _watchdog_threads()
+  warnings = [r.getMessage() for r in caplog.records if "no progress" in r.getMessage()]
+  assert warnings, caplog.text
+  first = warnings[0]
+  assert re.match(r"runs/x: no progress for \d+ s waiting on epoch 3 \(expected about 0\.0 s",
+                  first), first
+  assert "nearly idle, as in a deadlock" in first  # This thread slept: no CPU time.
+  assert "time.sleep(1.0)" in first  # The waiting thread's stack.
+  time.sleep(0.5)
+  assert len([r for r in caplog.records if "no progress" in r.getMessage()]) == len(warnings)
+
+
+def test_stalled_run_warns_and_keeps_its_results(reference, dataset, tmp_path, monkeypatch,
+                                                   caplog):
+  """A stall after epoch 1 (a callback that sleeps past the limit) is logged; the run's
+  results are the reference's, bit for bit (same program, inputs and device), and the watchdog
+  thread ends with the run."""
+  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 1.0)
+  caplog.set_level(logging.WARNING)
+
+  def stall(epoch, outputs):
+    del outputs
+    if epoch == 1:
+      time.sleep(2.5)
+    return False
+
+  metrics = train.run(_config(), str(tmp_path), dataset=dataset, plots=False, callback=stall)
+  assert not _watchdog_threads()
+  assert any("no progress for" in r.getMessage() and "waiting on epoch 1" in r.getMessage()
+             for r in caplog.records), caplog.text
+  for got, want in zip(metrics["members"], reference["metrics"]["members"]):
+    np.testing.assert_array_equal(_numbers(got), _numbers(want))
 
 
 def test_mlp_depths_share_one_program(dataset, tmp_path):
