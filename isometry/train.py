@@ -142,6 +142,11 @@ class TrainConfig:
     preset: name of the preset the members came from (informational).
     vocab_size, max_len, embed_dim: text datasets (`isometry.text`) only: token ids per word,
       sequence length T and the learned embedding's size E (the recurrent model's input).
+    divergence_factor: a member whose mean training loss over an epoch exceeds this multiple of
+      its initial validation loss has diverged (as has one whose loss or parameters turn
+      non-finite). 10: a sensible init starts near ln(10) = 2.3 nats on ten classes, and a
+      classifier at 10x that is confidently wrong on most examples; training that is merely
+      unstable stays within a few times its start.
   """
   members: tuple
   model: str = "rnn"
@@ -167,6 +172,7 @@ class TrainConfig:
   vocab_size: int = 10000
   max_len: int = 256
   embed_dim: int = 64
+  divergence_factor: float = 10.0
 
   def __post_init__(self):
     object.__setattr__(self, "members", tuple(
@@ -203,6 +209,7 @@ def _validate(c: TrainConfig) -> None:
   _check(c.max_train_examples is None or c.max_train_examples > 0,
          f"max_train_examples must be > 0, got {c.max_train_examples}")
   _check(c.sigma_b >= 0, f"sigma_b must be >= 0, got {c.sigma_b}")
+  _check(c.divergence_factor > 1, f"divergence_factor must be > 1, got {c.divergence_factor}")
   activations.get_activation(c.activation)
   regularizers.get_regularizer(c.regularizer)
   _check(c.constraint in constraints.NAMES,
@@ -371,7 +378,9 @@ class Program(NamedTuple):
   """The jitted functions of a sweep; every one maps over the (padded, sharded) member axis.
 
   init(hparams) -> states.
-  run_epoch(states, arrays, epoch) -> (states, epoch metrics): one epoch of every member.
+  run_epoch(states, initial_loss, arrays, epoch) -> (states, epoch metrics): one epoch of
+    every member; initial_loss (members,) is each member's validation loss at init, the
+    reference of the divergence rule.
   measure(states, eval_set, probe_x, probe_y) -> metrics on eval_set and diagnostics.
   """
   init: Callable
@@ -686,7 +695,7 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     result.update(gradient_norms(params, hp, probe_x, probe_y))
     return result
 
-  def member_epoch(state, arrays, epoch):
+  def member_epoch(state, initial_loss, arrays, epoch):
     hp = state["hp"]
     tx = optimizer(hp)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hp["seed"]), 1), epoch)
@@ -716,6 +725,11 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
 
     (state, sums), _ = jax.lax.scan(step, (state, jnp.zeros(4, jnp.float32)), batches)
     count = sums[3]
+    # A finite loss that has exploded is divergence too; the member is frozen from here on.
+    exploded = (count > 0) & (sums[0] / count > config.divergence_factor * initial_loss)
+    newly_diverged = exploded & ~state["diverged"]
+    state = {**state, "diverged": state["diverged"] | newly_diverged,
+             "diverged_epoch": jnp.where(newly_diverged, epoch + 1, state["diverged_epoch"])}
     out = {"train_loss": sums[0] / count, "train_accuracy": sums[1] / count,
            "train_penalty": sums[2] / count, "steps_taken": count,
            "diverged": state["diverged"], "diverged_epoch": state["diverged_epoch"]}
@@ -733,8 +747,9 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
     # seconds of compile time on CPU (measured 2.5 s against 0.7 s for a (16, 16) normal).
     return jax.lax.map(init_member, hparams)
 
-  def run_epoch(states, arrays, epoch):
-    return _map_members(member_epoch)(states, arrays, epoch)
+  def run_epoch(states, initial_loss, arrays, epoch):
+    return _map_members(lambda mapped, *shared: member_epoch(*mapped, *shared))(
+        (states, initial_loss), arrays, epoch)
 
   def measure(states, eval_set, probe_x, probe_y):
     return _map_members(measure_member)(states, eval_set, probe_x, probe_y)
@@ -742,7 +757,8 @@ def _build_program(config: TrainConfig, train_shape: tuple, devices: tuple) -> P
   num_padded = -(-len(members) // len(devices)) * len(devices)
   return Program(
       init=jax.jit(init, in_shardings=member_sharding, out_shardings=member_sharding),
-      run_epoch=jax.jit(run_epoch, in_shardings=(member_sharding, replicated, replicated),
+      run_epoch=jax.jit(run_epoch,
+                        in_shardings=(member_sharding, member_sharding, replicated, replicated),
                         out_shardings=(member_sharding, member_sharding)),
       measure=jax.jit(measure, out_shardings=member_sharding),
       member_sharding=member_sharding, replicated=replicated, num_padded=num_padded)
@@ -1244,6 +1260,11 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, watchdog: _Watchdog,
     initial["val_loss"] = initial.pop("loss")
     initial["val_accuracy"] = initial.pop("accuracy")
     history, epoch_seconds = [], []
+  # The divergence rule's reference, padded like the members.
+  reference = np.asarray(initial["val_loss"], np.float32)
+  initial_loss = jax.device_put(
+      np.concatenate([reference, np.repeat(reference[-1:], program.num_padded - num_members)]),
+      program.member_sharding)
 
   def write(status: str, test=None, **extra):
     finished = status in ("done", "diverged")
@@ -1265,7 +1286,7 @@ def _train(config: TrainConfig, out_dir: str, host: Arrays, watchdog: _Watchdog,
       for epoch in range(len(history), config.epochs):
         watchdog.progress(f"epoch {epoch + 1}", epoch_seconds[-1] if epoch_seconds else None)
         start = time.perf_counter()
-        states, out = program.run_epoch(states, arrays, np.int32(epoch))
+        states, out = program.run_epoch(states, initial_loss, arrays, np.int32(epoch))
         out = _strip(out, num_members)
         seconds = time.perf_counter() - start
         history.append(out)

@@ -153,6 +153,21 @@ def test_diverged_member_is_isolated(reference):
     assert all(np.isfinite(_numbers(member)))
 
 
+def test_a_finite_loss_far_above_the_initial_one_is_divergence(dataset, tmp_path):
+  # Adam at rate 50 saturates every unit and blows the logits up: the loss stays finite
+  # (hundreds of nats, against ln 10 at init) but is far past divergence_factor x initial.
+  members = (train.Member("exploded", "orthogonal", 1.0, 0.0, True, 50.0, seed=0),
+             train.Member("calm", "orthogonal", 1.0, 0.0, True, 1e-3, seed=0))
+  metrics = train.run(_config(members=members, hidden=4, epochs=1), str(tmp_path),
+                      dataset=dataset, plots=False)
+  exploded, calm = metrics["members"]
+  assert exploded["status"] == "diverged" and exploded["diverged_epoch"] == 1
+  first = exploded["epochs"][0]["train_loss"]
+  assert np.isfinite(first) and first > 10 * exploded["initial"]["val_loss"]
+  assert exploded["test_accuracy"] is None
+  assert calm["status"] == "done" and calm["test_accuracy"] is not None
+
+
 def test_vmapped_member_equals_lone_run(reference, dataset, tmp_path):
   config = _config()
   alone = dataclass_replace(config, members=config.members[1:2])
@@ -293,7 +308,8 @@ def test_every_lapack_call_takes_one_matrix(dataset, model, constraint, depths):
   hparams = train.hparams_of(config.members, ("orthogonal",))
   states = jax.eval_shape(program.init, hparams)
   texts = [program.init.lower(hparams).as_text(),
-           program.run_epoch.lower(states, host, np.int32(0)).as_text(),
+           program.run_epoch.lower(states, np.ones(len(config.members), np.float32), host,
+                                   np.int32(0)).as_text(),
            program.measure.lower(states, host.val, host.probe_x, host.probe_y).as_text()]
   calls = [call for text in texts for call in _LINALG_CALL.findall(text)]
   assert {name for name, _ in calls} >= {"lapack_sgesdd_ffi", "lapack_sgeqrf_ffi"}
