@@ -203,3 +203,167 @@ def test_projection_needs_params_and_matrices():
     tx.update(jnp.ones((2, 2)), tx.init(None))
   with pytest.raises(ValueError, match="matrices"):
     tx.update(jnp.ones((3,)), tx.init(None), jnp.ones((3,)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Riemannian Adam / SGD. Known optima, on the manifold at every step, against Adam + projection.
+#
+# Measured (Brockett on St(8, 4) at gain 1.5, Procrustes on O(6); relative gap to the optimum):
+# riemannian_adam(0.2) reaches 1e-6 in 197 / 131 steps, riemannian_sgd(0.02, momentum 0.9) in
+# 121 / 122 steps; optax.adam + stiefel_projection (lr 0.002 to 0.05) stalls at gaps of 0.17 to
+# 1.1 after 600 steps: elementwise Adam's direction is not tangent, and the fixed points of
+# "Adam step, then project" are where the projection of m / sqrt(v) (not of the gradient)
+# vanishes, which are not critical points of the loss on the manifold. Not asserted (a property
+# of these problems, not a theorem for every one): the test records the baseline's gap.
+
+RIEMANNIAN = {"adam": lambda lr, g: C.riemannian_adam(lr, g),
+              "sgd": lambda lr, g: C.riemannian_sgd(lr, g, momentum=0.9)}
+RIEMANNIAN_LR = {"adam": 0.2, "sgd": 0.02}
+OPT_STEPS = 300
+# Gap to the optimum, relative: float32 evaluation of a loss of size ~50 rounds at ~1e-7
+# relative, and both optimizers are below 1e-6 by step 200 in the measurements above; 1e-5
+# leaves room and still fails a method stalled at any visible distance.
+OPT_GAP = 1e-5
+
+
+def _quadratic(a, n_mat, c):
+  """f(W) = tr(W^T A W N) - 2 tr(W^T C): Brockett (C = 0) and Procrustes (A = A0^T A0, N = I,
+  C = A0^T B, up to the constant ||B||^2) in one form, so problems of one shape share a
+  compiled program."""
+  return lambda w: jnp.trace(w.T @ a @ w @ n_mat) - 2.0 * jnp.sum(w * c)
+
+
+def _minimize(make_tx, lr, gain, w0, a, n_mat, c, steps=OPT_STEPS):
+  loss = _quadratic(a, n_mat, c)
+  tx = make_tx(lr, gain)
+
+  def body(carry, _):
+    w, state = carry
+    updates, state = tx.update(jax.grad(loss)(w), state, w)
+    w = optax.apply_updates(w, updates)
+    return (w, state), (loss(w), _deviation(w, gain))
+
+  _, (losses, devs) = jax.lax.scan(body, (w0, tx.init(w0)), None, length=steps)
+  return losses, devs
+
+
+@pytest.fixture(scope="module")
+def brockett():
+  """St(8, 4), A symmetric, N = diag(4, 3, 2, 1): min over gain * St of tr(W^T A W N) is
+  gain^2 sum_i mu_i lambda_i, mu descending against A's eigenvalues lambda ascending (von
+  Neumann's trace inequality; the minimizer is A's bottom eigenvectors, scaled)."""
+  rng = np.random.default_rng(0)
+  m = rng.standard_normal((8, 8))
+  a = (m + m.T) / 2
+  mus = np.arange(4, 0, -1).astype(np.float64)
+  lam = np.linalg.eigvalsh(a)
+  return (jnp.asarray(a, jnp.float32), jnp.asarray(np.diag(mus), jnp.float32),
+          jnp.zeros((8, 4), jnp.float32), float(np.sum(mus * lam[:4])))
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_riemannian_reaches_the_brockett_minimum(key, brockett, name):
+  a, n_mat, c, unit_min = brockett
+  gains = jnp.array([1.0, 1.5])
+  w0 = jax.vmap(lambda g, k: get_initializer("orthogonal", 1.0)(k, (8, 4), jnp.float32) * g)(
+      gains, jax.random.split(key, 2))
+  # Traced per-member gain and learning rate: the whole run is vmapped over both.
+  run = jax.jit(jax.vmap(lambda lr, g, w: _minimize(RIEMANNIAN[name], lr, g, w, a, n_mat, c)))
+  losses, devs = run(jnp.full((2,), RIEMANNIAN_LR[name]), gains, w0)
+  optimum = np.asarray(gains)**2 * unit_min
+  gap = (np.asarray(losses[:, -1]) - optimum) / np.abs(optimum)
+  assert np.all(np.abs(gap) < OPT_GAP), gap
+  assert float(devs.max()) < PROJECTION_TOL
+
+
+@pytest.fixture(scope="module")
+def procrustes():
+  """min ||A X - B||_F over O(6): X* = U V^T from A^T B = U S V^T (Schoenemann 1966)."""
+  rng = np.random.default_rng(1)
+  a0, b = rng.standard_normal((6, 6)), rng.standard_normal((6, 6))
+  left, _, right = np.linalg.svd(a0.T @ b)
+  x_star = left @ right
+  return a0, b, x_star, float(np.sum(np.square(a0 @ x_star - b)))
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_riemannian_solves_orthogonal_procrustes(key, procrustes, name):
+  a0, b, x_star, optimum = procrustes
+  w0 = np.array(get_initializer("orthogonal", 1.0)(key, (6, 6), jnp.float32))
+  # A retraction stays in the connected component of O(6) it starts in: start in X*'s.
+  if np.linalg.det(w0) * np.linalg.det(x_star) < 0:
+    w0[:, 0] *= -1
+  args = (jnp.asarray(a0.T @ a0, jnp.float32), jnp.eye(6, dtype=jnp.float32),
+          jnp.asarray(a0.T @ b, jnp.float32))
+  losses, devs = jax.jit(lambda w: _minimize(RIEMANNIAN[name], RIEMANNIAN_LR[name], 1.0, w,
+                                             *args))(jnp.asarray(w0))
+  gap = (float(losses[-1]) + float(np.sum(b**2)) - optimum) / optimum
+  assert abs(gap) < OPT_GAP, gap
+  assert float(devs.max()) < PROJECTION_TOL
+
+
+def test_adam_then_project_baseline_is_recorded(brockett, key, record_property):
+  """Adam + stiefel_projection on the Brockett problem: recorded, not asserted (see above)."""
+  a, n_mat, c, unit_min = brockett
+  w0 = get_initializer("orthogonal", GAIN)(key, (8, 4), jnp.float32)
+  baseline = lambda lr, g: optax.chain(optax.adam(lr), C.stiefel_projection(g))
+  losses, devs = jax.jit(lambda w: _minimize(baseline, 0.01, GAIN, w, a, n_mat, c))(w0)
+  gap = (float(losses[-1]) - GAIN**2 * unit_min) / abs(GAIN**2 * unit_min)
+  record_property("adam_projection_brockett_gap", gap)
+  print(f"adam + projection, Brockett, {OPT_STEPS} steps: relative gap {gap:.3g}")
+  assert np.isfinite(gap) and float(devs.max()) < PROJECTION_TOL
+
+
+def test_riemannian_step_is_tangent_and_first_order(key):
+  """One step of each from rest moves W by -lr P_W(G) (SGD) or -lr P_W(G) / rms(G) (Adam's
+  first step, eps = 0) up to the retraction's O(lr^2) (float64, tall W)."""
+  lr = 1e-5
+
+  @jax.jit
+  def steps(w, g):
+    sgd, adam = C.riemannian_sgd(lr, GAIN, momentum=0.0), C.riemannian_adam(lr, GAIN, eps=0.0)
+    u_sgd, _ = sgd.update(g, sgd.init(w), w)
+    u_adam, state = adam.update(g, adam.init(w), w)
+    return u_sgd, u_adam, state.mu
+
+  with jax.enable_x64(True):
+    k1, k2 = jax.random.split(key)
+    w = get_initializer("orthogonal", GAIN)(k1, (7, 3), jnp.float64)
+    g = jax.random.normal(k2, (7, 3), jnp.float64)
+    u_sgd, u_adam, mu = steps(w, g)
+    x = np.asarray(w) / GAIN
+    r = np.asarray(g) - x @ (0.5 * (x.T @ g + np.asarray(g).T @ x))
+    # |u + lr r| = O(lr^2 |r|^2 / gain) ~ 1e-9 for the second-order polar retraction.
+    np.testing.assert_allclose(u_sgd, -lr * r, atol=1e-8)
+    np.testing.assert_allclose(u_adam, -lr * r / np.sqrt(np.mean(np.square(g))), atol=1e-8)
+    np.testing.assert_allclose(x.T @ r + r.T @ x, 0.0, atol=1e-12)   # r is tangent at W
+    w_new = np.asarray(w + u_adam)
+    mu = np.asarray(mu)
+    np.testing.assert_allclose(w_new.T @ mu + mu.T @ w_new, 0.0, atol=1e-12)   # transported
+
+
+def test_riemannian_adam_in_multi_transform_with_selection_labels(key):
+  from isometry import selection
+  params = {"rnn": {"recurrent": {"kernel": get_initializer("orthogonal", GAIN)(
+      key, (N, N), jnp.float32)}, "input": {"kernel": jnp.ones((3, N))}}}
+  labels = selection.labels(params, {"stiefel": "*/recurrent/kernel"}, default="adam")
+  tx = optax.multi_transform({"stiefel": C.riemannian_adam(1e-2, GAIN), "adam": optax.adam(0.1)},
+                             labels)
+  grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert float(_deviation(new["rnn"]["recurrent"]["kernel"], GAIN)) < PROJECTION_TOL
+  assert float(jnp.abs(updates["rnn"]["recurrent"]["kernel"]).max()) > 1e-3
+  # Adam's first step is -lr sign(g) on the free leaves.
+  np.testing.assert_allclose(updates["rnn"]["input"]["kernel"],
+                             -0.1 * np.sign(grads["rnn"]["input"]["kernel"]), atol=1e-6)
+
+
+def test_riemannian_rejects_wide_matrices_and_bad_arguments():
+  with pytest.raises(ValueError, match="tall"):
+    C.riemannian_adam(0.1).init(jnp.zeros((3, 5)))
+  with pytest.raises(ValueError, match="momentum"):
+    C.riemannian_sgd(0.1, momentum=1.0)
+  with pytest.raises(ValueError, match="gain"):
+    C.riemannian_adam(0.1, gain=-1.0)
+  assert {"riemannian_adam", "riemannian_sgd"} <= set(C.REPLACES_OPTIMIZER)
