@@ -126,17 +126,41 @@ def mlp_apply(params: Params, x: jax.Array, depth: int | jax.Array, activation: 
   stack = params["hidden"]["w"].shape[0]
   if perturbation is None:
     perturbation = jnp.zeros((stack + 1,) + h.shape, h.dtype)
-  h = h + perturbation[0]
+  return _readout(params, mlp_hidden_stack(params, h + perturbation[0], depth, activation,
+                                           perturbation[1:]))
+
+
+def mlp_hidden_stack(params: Params, h: jax.Array, depth: int | jax.Array,
+                     activation: str = "tanh",
+                     perturbation: Optional[jax.Array] = None) -> jax.Array:
+  """The square hidden layers of `init_mlp`'s network: h_1 (the first hidden layer's output)
+  to h_depth; layers l >= depth are the identity.
+
+  Args:
+    params: from `init_mlp`.
+    h: (..., N) first hidden layer's output.
+    depth: int scalar in [1, max_depth] (may be traced).
+    activation: the nonlinearity's name.
+    perturbation: optional (L - 1, ..., N) added to each layer's output (see `mlp_apply`).
+
+  Returns:
+    (..., N) the last active layer's output. Its Jacobian with respect to h is the network's
+    input-output Jacobian D_L W_L ... D_2 W_2 that the theory describes.
+  """
+  phi = activations.get_activation(activation).fn
+  stack = params["hidden"]["w"].shape[0]
+  if perturbation is None:
+    perturbation = jnp.zeros((stack,) + h.shape, h.dtype)
 
   def layer(h, inputs):
     w, b, eps, l = inputs
-    new = phi(h @ w + b[None, :]) + eps
+    new = phi(h @ w + jnp.broadcast_to(b, h.shape)) + eps
     return jnp.where(l < depth, new, h), None
 
   layers = jnp.arange(1, stack + 1)
-  h, _ = jax.lax.scan(layer, h, (params["hidden"]["w"], params["hidden"]["b"],
-                                 perturbation[1:], layers))
-  return _readout(params, h)
+  h, _ = jax.lax.scan(layer, h, (params["hidden"]["w"], params["hidden"]["b"], perturbation,
+                                 layers))
+  return h
 
 
 def init_embedding(key: jax.Array, vocab_size: int, embed_dim: int,
@@ -268,6 +292,24 @@ def rnn_hidden_states(params: Params, x: jax.Array, unroll: int = 1,
 
   h0 = jnp.zeros((x.shape[0], w.shape[0]), drive.dtype)
   return jax.lax.scan(step, h0, (drive, perturbation), unroll=unroll)[1]
+
+
+def rnn_final_state(params: Params, x: jax.Array, h0: jax.Array, unroll: int = 1) -> jax.Array:
+  """h_T of one sequence from the initial state h0, by a plain `lax.scan`: a function of h0
+  whose Jacobian dh_T/dh_0 = D_T W^T ... D_1 W^T is the recurrent Jacobian the theory describes
+  (forward- and reverse-mode differentiable, unlike `tanh_recurrence`).
+
+  Args:
+    params: from `init_rnn`.
+    x: (T, D) one input sequence (or (T,) token ids with an embedding).
+    h0: (H,) initial state.
+    unroll: `lax.scan` unroll factor.
+
+  Returns:
+    (H,) final state.
+  """
+  drive = _input_drive(params, x[None])[:, 0]
+  return _tanh_scan(params["recurrent"], drive, h0, unroll, keep_states=False)[0]
 
 
 def rnn_apply(params: Params, x: jax.Array, unroll: int = 1,

@@ -28,6 +28,7 @@ import pytest
 
 from isometry import constraints
 from isometry import data
+from isometry import diagnostics
 from isometry import initializers
 from isometry import io
 from isometry import models
@@ -593,3 +594,20 @@ def test_overwrite_replaces_a_run(reference, dataset, tmp_path):
   replaced = train.run(_config(), out, dataset=dataset, plots=False, overwrite=True)
   for got, want in zip(replaced["members"], reference["metrics"]["members"]):
     _assert_members_close(got, want, rtol=1e-6)
+
+
+def test_isometry_monitor_matches_the_dense_jacobian_at_init(reference, dataset):
+  """The monitor's moments of dh_T/dh_0 (matrix-free, 4 inputs x 8 probes) against the dense
+  spectrum of the same map at the same inputs, for the orthogonal member at init."""
+  config = _config()
+  params = train.initial_params(config, dataset)[0]
+  probe_x = train.prepare_arrays(config, dataset).probe_x[:train.MONITOR_INPUTS]
+  dense = [diagnostics.jacobian_spectrum(
+      lambda h: models.rnn_final_state(params, x, h), np.zeros(8, np.float32)) for x in probe_x]
+  mean = np.mean([d.mean() for d in dense])
+  variance = np.mean([d.var() for d in dense])
+  recorded = reference["metrics"]["members"][0]["initial"]["jacobian"]
+  assert abs(recorded["mean"] - mean) <= 5 * recorded["mean_se"] + 1e-6
+  assert abs(recorded["variance"] - variance) <= 5 * recorded["variance_se"] + 1e-6
+  # And after training, a record per epoch.
+  assert all("jacobian" in e for e in reference["metrics"]["members"][0]["epochs"])
