@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import cli
 from isometry import data
-from isometry import seed_claim
+from isometry.studies import seed_claim
 from isometry import train
 
 FLAGS = flags.FLAGS

@@ -26,7 +26,7 @@ from absl import flags  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import cli  # noqa: E402
-from isometry import convergence_study  # noqa: E402
+from isometry.studies import convergence as convergence_study  # noqa: E402
 from isometry import data  # noqa: E402
 
 _D = convergence_study.ConvergenceStudyConfig()

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import cli  # noqa: E402
 from isometry import data  # noqa: E402
-from isometry import gradient_study  # noqa: E402
+from isometry.studies import gradients as gradient_study  # noqa: E402
 
 _D = gradient_study.GradientStudyConfig()
 FLAGS = flags.FLAGS

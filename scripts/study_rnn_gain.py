@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from isometry import cli  # noqa: E402
 from isometry import data  # noqa: E402
 from isometry import regularizers  # noqa: E402
-from isometry import rnn_gain_study  # noqa: E402
+from isometry.studies import rnn_gain as rnn_gain_study  # noqa: E402
 from isometry import train  # noqa: E402
 
 FLAGS = flags.FLAGS

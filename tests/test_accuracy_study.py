@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from isometry import accuracy_study as acc
+from isometry.studies import accuracy as acc
 from isometry import meanfield
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

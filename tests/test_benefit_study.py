@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from isometry import benefit_study as bs
+from isometry.studies import benefit as bs
 from isometry import io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

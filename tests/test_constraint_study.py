@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from isometry import constraint_study as cs
+from isometry.studies import constraints as cs
 from isometry import io
 from isometry import stats
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import convergence_study as cs
+from isometry.studies import convergence as cs
 from isometry import io
 from isometry import meanfield
 from isometry import models

@@ -16,7 +16,7 @@ import pytest
 from scipy import special
 
 from isometry import data
-from isometry import gradient_study as gs
+from isometry.studies import gradients as gs
 from isometry import io
 from isometry import meanfield
 

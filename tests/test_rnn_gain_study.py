@@ -13,7 +13,7 @@ from scipy import stats
 
 from isometry import data
 from isometry import models
-from isometry import rnn_gain_study as study
+from isometry.studies import rnn_gain as study
 from isometry import rnn_meanfield as rm
 from isometry import train
 

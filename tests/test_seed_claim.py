@@ -8,7 +8,7 @@ import pytest
 
 from isometry import io
 from isometry import regularizers
-from isometry import seed_claim
+from isometry.studies import seed_claim
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

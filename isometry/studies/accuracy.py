@@ -39,7 +39,7 @@ from absl import logging
 import numpy as np
 
 from isometry import data
-from isometry import gradient_study
+from isometry.studies import gradients as gradient_study
 from isometry import io
 from isometry import meanfield
 from isometry import stats
