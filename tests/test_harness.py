@@ -7,11 +7,9 @@ import os
 import shutil
 from typing import Tuple
 
-from absl import flags
 import numpy as np
 import pytest
 
-from isometry import cli
 from isometry import data
 from isometry import io
 from isometry import train
@@ -211,11 +209,7 @@ class _Config:
 
 
 def _config(*argv):
-  values = flags.FlagValues()
-  cli.define_flags(_Config, flag_values=values)
-  study_cli.define_script_flags("results/X", flag_values=values)
-  values(["script"] + list(argv))
-  return study_cli.config_from_flags(_Config, flag_values=values), values
+  return study_cli.parse(_Config, argv, out_dir="results/X")
 
 
 def test_script_flags_build_the_config_and_quick_yields_to_explicit_flags():

@@ -54,6 +54,22 @@ def config_from_flags(config_class, *, flag_values=flags.FLAGS):
     raise ValueError(cli.name_the_flag(str(e), names)) from None
 
 
+def parse(config_class, argv, *, aliases=None, out_dir: str = "out"):
+  """(config, flag values) that a script's command line `argv` (without the program name) asks
+  for, parsed on fresh flags as the script parses them: how tests and notebooks check a command
+  line without starting a process.
+
+  Raises:
+    ValueError: a bad value, one line naming its flag (absl's own flags.Error for a value of
+      the wrong type).
+  """
+  values = flags.FlagValues()
+  cli.define_flags(config_class, aliases=aliases, flag_values=values)
+  define_script_flags(out_dir, flag_values=values)
+  values(["script"] + list(argv))
+  return config_from_flags(config_class, flag_values=values), values
+
+
 def main(config_class, run: Callable, out_dir: str, *,
          single_threaded_xla: bool = False) -> Callable[[list], None]:
   """Defines the script flags beside the config's and returns the script's absl main.
