@@ -14,10 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry.studies import convergence as cs
+from isometry import data
 from isometry import io
 from isometry import meanfield
 from isometry import models
+from isometry.studies import cli as study_cli
+from isometry.studies import convergence as cs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,25 +118,18 @@ def test_prepare_inputs_put_the_first_layer_at_q_star(key):
 
 def test_config_rejects_bad_values():
   with pytest.raises(ValueError, match="linear_out"):
-    cs.ConvergenceStudyConfig(linear_out=32)
+    cs.StudyConfig(linear_out=32)
   with pytest.raises(ValueError, match="seeds"):
-    cs.ConvergenceStudyConfig(seeds=1)
+    cs.StudyConfig(seeds=1)
   with pytest.raises(ValueError, match="inits"):
-    cs.ConvergenceStudyConfig(inits=("glorot_uniform",))
+    cs.StudyConfig(inits=("glorot_uniform",))
   with pytest.raises(ValueError, match="tanh_depths"):
-    cs.ConvergenceStudyConfig(tanh_depths=(0, 2))
+    cs.StudyConfig(tanh_depths=(0, 2))
 
 
-def _script(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_convergence.py"),
-                         *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_script_quick_mode(tmp_path):
+def test_quick_run(tmp_path):
   out = tmp_path / "b"
-  result = _script("--quick", f"--out_dir={out}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  cs.run(cs.StudyConfig.quick(), str(out))
   saved = io.read_json(out / "convergence.json")
   linear = saved["linear"]
   assert [(e["depth"], e["init"]) for e in linear["summary"]] == [
@@ -155,12 +150,26 @@ def test_script_quick_mode(tmp_path):
     (["--linear_out=64"], "linear_out"),
     (["--tanh_depths=2,x"], "--tanh_depths"),
     (["--q_star=-1"], "q_star"),
-    (["--data_dir={tmp}"], "IDX"),
 ])
-def test_script_bad_flags_exit_2_before_any_file(tmp_path, args, message):
+def test_bad_flags_name_the_flag(args, message):
+  with pytest.raises(ValueError) as info:
+    study_cli.parse(cs.StudyConfig, args)
+  assert str(info.value).startswith("--") and message in str(info.value)
+
+
+def test_missing_data_stops_before_any_file(tmp_path):
   out = tmp_path / "out"
-  result = _script(*[a.format(tmp=tmp_path) for a in args], f"--out_dir={out}")
+  with pytest.raises(data.DataUnavailableError, match="IDX"):
+    cs.run(cs.StudyConfig(data_dir=str(tmp_path)), str(out))
+  assert not out.exists()
+
+
+def test_script_missing_data_exits_2_with_one_line(tmp_path):
+  out = tmp_path / "out"
+  result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_convergence.py"),
+                           f"--data_dir={tmp_path}", f"--out_dir={out}"], capture_output=True,
+                          text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], result.stderr
+  assert len(lines) == 1 and "IDX" in lines[0], result.stderr
   assert not out.exists()
