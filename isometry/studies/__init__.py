@@ -4,7 +4,8 @@ Every study is a config, the sweeps it trains (or the computations it runs) and 
 running, resuming, reading back, per-seed statistics and the scripts' command line live once, in
 `harness` and `cli`. The library never imports this package, and no study imports another.
 
-  gradients (A)     gradient norms through depth and time against mean field (+ gradients_mlp).
+  gradients (A)     gradient norms through depth (MLPs at init, against mean field) and
+                    through time (gradients_rnn: the RNN, trained).
   convergence (B)   steps to a loss threshold, deep vs shallow, orthogonal vs Gaussian.
   accuracy (C)      accuracy vs depth with and without dynamical isometry.
   constraints (D)   hard orthogonality constraints against soft penalties and none.
