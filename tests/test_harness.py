@@ -9,6 +9,7 @@ from typing import Tuple
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from isometry import data
 from isometry import io
@@ -181,6 +182,18 @@ def test_compare_matches_hand_computation():
   assert harness.compare(arm + 0.1, none)["verdict"] == "better"
   assert harness.compare(arm + 0.1, none, words=("yes", "no", "open"))["verdict"] == "yes"
   assert harness.compare([0.5, np.nan], [0.4, 0.4])["verdict"] == "undetermined"
+
+
+def test_compare_matches_scipy_and_ignores_missing_seeds():
+  a = np.array([0.81, 0.83, 0.80, np.nan, 0.84])
+  b = np.array([0.80, 0.80, 0.81, 0.79, 0.82])
+  d = harness.compare(a, b)
+  diff = np.array([0.01, 0.03, -0.01, 0.02])
+  assert d["n_pairs"] == 4 and d["wins"] == 3
+  assert d["mean_difference"] == pytest.approx(diff.mean())
+  half = scipy_stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
+  assert d["ci95"] == pytest.approx(half)
+  assert d["p_value"] == pytest.approx(scipy_stats.ttest_1samp(diff, 0.0).pvalue)
 
 
 @dataclasses.dataclass(frozen=True)

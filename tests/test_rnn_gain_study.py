@@ -1,5 +1,5 @@
 """The gain study: its Jacobians and growth rates against dense references, the training seeds'
-input kernels, the paired statistics, and the script end to end on tiny synthetic data."""
+input kernels, its flags, and its quick run on tiny synthetic data, in-process."""
 import json
 import os
 import subprocess
@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from isometry import data
 from isometry import models
-from isometry.studies import rnn_gain as study
 from isometry import rnn_meanfield as rm
 from isometry import train
+from isometry.studies import cli as study_cli
+from isometry.studies import rnn_gain as study
+from isometry.studies import rnn_gain_theory as theory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,11 +37,11 @@ def test_data_rnn_jacobian_and_growth_rate_match_the_explicit_product(key):
   k_init, k_x, k_u = jax.random.split(key, 3)
   steps, dim, width = 5, 3, 6
   with jax.enable_x64(True):
-    params = study.init_rnn(k_init, 1.3, dim, width, rm.glorot_variance(dim, width))
+    params = theory.init_rnn(k_init, 1.3, dim, width, rm.glorot_variance(dim, width))
     x = jax.random.uniform(k_x, (2, steps, dim), jnp.float64)
     u = jax.random.normal(k_u, (4, 2, width), jnp.float64)
-    jac = study.data_rnn_jacobian(params, x[0])
-    q, rate = study.measure_growth(params, x, u)
+    jac = theory.data_rnn_jacobian(params, x[0])
+    q, rate = theory.measure_growth(params, x, u)
   expected = _explicit_jacobian(params, x[0])
   # float64 products of 5 small matrices: agreement to rounding.
   np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-14)
@@ -64,8 +65,8 @@ def test_init_rnn_is_the_keras_model_at_its_width_and_rescales_the_drive_elsewhe
   dim, hidden = 4, 8
   variance = rm.glorot_variance(dim, hidden)
   with jax.enable_x64(True):
-    model = study.init_rnn(key, 1.2, dim, hidden, variance)
-    wide = study.init_rnn(key, 1.2, dim, 32, variance)
+    model = theory.init_rnn(key, 1.2, dim, hidden, variance)
+    wide = theory.init_rnn(key, 1.2, dim, 32, variance)
     recurrent = jax.nn.initializers.orthogonal()
     keras = models.init_rnn(key, dim, hidden, 10, lambda k, s, d: 1.2 * recurrent(k, s, d),
                                   jnp.float64)
@@ -90,25 +91,13 @@ def test_seed_input_kernel_is_the_one_the_training_sweep_draws():
   states = program.init(hparams)
   for i, member in enumerate(config.members):
     np.testing.assert_array_equal(np.asarray(states["params"]["input"][i]),
-                                  study.seed_input_kernel(member.seed, 6, 8))
-
-
-def test_paired_difference_matches_scipy_and_ignores_missing_seeds():
-  a = np.array([0.81, 0.83, 0.80, np.nan, 0.84])
-  b = np.array([0.80, 0.80, 0.81, 0.79, 0.82])
-  d = study.paired_difference(a, b)
-  diff = np.array([0.01, 0.03, -0.01, 0.02])
-  assert d["n_pairs"] == 4 and d["wins"] == 3
-  assert d["mean_difference"] == pytest.approx(diff.mean())
-  half = stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
-  assert d["ci95"] == pytest.approx(half)
-  assert d["p_value"] == pytest.approx(stats.ttest_1samp(diff, 0.0).pvalue)
+                                  theory.seed_input_kernel(member.seed, 6, 8))
 
 
 def test_crossing_interpolates_the_sign_change():
-  assert study._crossing(np.array([1.0, 2.0, 3.0]), np.array([-0.2, 0.2, 0.5])) == \
+  assert theory._crossing(np.array([1.0, 2.0, 3.0]), np.array([-0.2, 0.2, 0.5])) == \
       pytest.approx(1.5)
-  assert study._crossing(np.array([1.0, 2.0]), np.array([0.1, 0.2])) is None
+  assert theory._crossing(np.array([1.0, 2.0]), np.array([0.1, 0.2])) is None
 
 
 def test_config_rejects_bad_values():
@@ -121,27 +110,21 @@ def test_config_rejects_bad_values():
   assert data.resolve_data_dir("mnist", None) is None
 
 
-def _script(*flags):
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_rnn_gain.py"),
-                         *flags], capture_output=True, text=True, timeout=600)
-
-
 def test_quick_run_writes_every_result(tmp_path):
-  proc = _script("--quick", f"--out_dir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  study.run(study.StudyConfig.quick(), str(tmp_path))
   for name in ("study.json", "meanfield.png", "spectra.png", "accuracy.png"):
     assert (tmp_path / name).stat().st_size > 1000, name
   result = json.loads((tmp_path / "study.json").read_text())
   th = result["theory"]
   assert result["dataset"] == "synthetic"
-  assert set(th["critical_gain"]) == set(study.READINGS)
+  assert set(th["critical_gain"]) == set(theory.READINGS)
   assert th["g_star"] == th["critical_gain"]["per_example"]
   # Uniform [0, 1] pixels: E x^2 = 1/3, so q_in = 8 / 3 * 2 / (8 + 16) over the 8-pixel rows
   # (64 images: the sample mean is within a few percent).
   assert th["q_in_mean"] == pytest.approx(8 / 3 * 2 / 24, rel=0.05)
   assert [c["gain"] for c in result["spectra"]][1:] == [1.0, 1.025, 1.25]
   for case in result["spectra"]:
-    assert set(case["measured"]) == set(study.VARIANTS)
+    assert set(case["measured"]) == set(theory.VARIANTS)
   summary = result["training"]["summary"]
   assert result["training"]["gains"][0] == round(th["g_star"], 3)
   assert len(summary["results"]) == 8 and len(summary["comparisons"]) == 6
@@ -153,13 +136,27 @@ def test_quick_run_writes_every_result(tmp_path):
     (["--hand_gains=1,abc"], "hand_gains"),
     (["--dataset=cifar10"], "dataset"),
     (["--reg_strength=0"], "reg_strength"),
+    (["--reg=l3"], "regularizer"),
     (["--data_dir=/no/such/folder"], "data_dir"),
-    (["stray"], "unexpected arguments"),
 ])
-def test_script_rejects_bad_flags_with_one_line_and_exit_2(flags, message, tmp_path):
+def test_bad_flags_name_the_flag(flags, message):
+  with pytest.raises(ValueError) as info:
+    study_cli.parse(study.StudyConfig, flags, aliases={"reg": "regularizer"})
+  assert str(info.value).startswith("--" + message), str(info.value)
+
+
+def test_flags_give_the_config():
+  config, _ = study_cli.parse(study.StudyConfig, ["--quick", "--reg=notebook_so", "--seeds=3"],
+                              aliases={"reg": "regularizer"})
+  assert config == study.StudyConfig.quick(regularizer="notebook_so", seeds=3)
+
+
+def test_script_rejects_a_stray_argument_with_one_line_and_exit_2(tmp_path):
   out = tmp_path / "out"
-  proc = _script(f"--out_dir={out}", *flags)
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_rnn_gain.py"),
+                         f"--out_dir={out}", "stray"], capture_output=True, text=True,
+                        timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [line for line in proc.stderr.splitlines() if "error" in line]
-  assert len(errors) == 1 and message in errors[0], proc.stderr
+  assert len(errors) == 1 and "unexpected arguments" in errors[0], proc.stderr
   assert not out.exists()

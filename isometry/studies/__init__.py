@@ -10,7 +10,8 @@ running, resuming, reading back, per-seed statistics and the scripts' command li
   accuracy (C)      accuracy vs depth with and without dynamical isometry.
   constraints (D)   hard orthogonality constraints against soft penalties and none.
   benefit (E)       how depth and sequence length change the penalty's benefit.
-  rnn_gain          the data-driven critical gain of the seed's RNN (+ rnn_gain_theory).
+  rnn_gain          the data-driven critical gain of the seed's RNN, trained (its mean
+                    field, measured growth and spectra: rnn_gain_theory).
   seed_claim        the seed's gain-adjusted-penalty claim.
 
 Thread settings. Python runs this file before any module of the package, so this is the one
