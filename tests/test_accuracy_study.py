@@ -1,9 +1,7 @@
-"""Study C's pure pieces (critical point, init specs, config checks, summaries), its flags, and
-its quick run on a synthetic task, in-process."""
+"""Study C's pure pieces (critical point, init specs, config checks, summaries) and its quick
+run on a synthetic task, in-process."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,10 +9,7 @@ import pytest
 from isometry import meanfield
 from isometry import train
 from isometry.studies import accuracy as acc
-from isometry.studies import cli as study_cli
 from isometry.studies import harness
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("sigma_b", [0.0, 0.05, 0.3])
@@ -91,25 +86,6 @@ def test_summarize():
   assert s["test_accuracy_mean"] == pytest.approx(0.5)
   # t_{0.975, 1} = 12.706, s = 0.0707, n = 2: half-width 0.6353.
   assert s["test_accuracy_ci95"] == pytest.approx(12.7062 * 0.1 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
-
-
-def test_flags_give_the_config():
-  config, values = study_cli.parse(acc.StudyConfig, ["--quick", "--depths=2,4", "--lr=0.1"])
-  assert config == acc.StudyConfig.quick(depths=(2, 4), lr=0.1) and config.synthetic
-  with pytest.raises(ValueError, match="^--optimizer: unknown optimizer 'lbfgs'"):
-    study_cli.parse(acc.StudyConfig, ["--optimizer=lbfgs"])
-
-
-def _script(*args):
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_accuracy.py"),
-                         *args], capture_output=True, text=True, cwd=REPO, timeout=600)
-
-
-def test_script_bad_flag_exits_2(tmp_path):
-  result = _script("--seeds=1", f"--out_dir={tmp_path}")
-  assert result.returncode == 2
-  assert result.stderr.strip().count("\n") == 0 and "seeds must be >= 2" in result.stderr
-  assert not os.listdir(tmp_path)
 
 
 def test_quick_run(tmp_path):

@@ -1,27 +1,20 @@
-"""Study B's core functions against closed forms, and the script in --quick mode.
+"""Study B's core functions against closed forms, and its quick run in-process.
 
 Closed forms: a one-matrix linear network under gradient descent at rate lr on
 1/2 ||W - M||^2 has W_t - M = (1 - lr)^t (W_0 - M), so its relative error decays as
 (1 - lr)^(2t) exactly; at an orthogonal init every partial product is an isometry, so one step at
 lr0 / D moves the end-to-end map by -lr0 (W - M) up to O(lr0^2) (Saxe et al. 2014).
 """
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import data
 from isometry import io
 from isometry import meanfield
 from isometry import models
-from isometry.studies import cli as study_cli
 from isometry.studies import convergence as cs
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_masked_product_matches_explicit_product(key):
@@ -144,32 +137,3 @@ def test_quick_run(tmp_path):
     assert curves["tanh"].shape == (3, 2, 5, 41)
   for name in ("B1_steps_vs_depth.png", "B2_loss_curves.png"):
     assert (out / name).stat().st_size > 1000
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--linear_out=64"], "linear_out"),
-    (["--tanh_depths=2,x"], "--tanh_depths"),
-    (["--q_star=-1"], "q_star"),
-])
-def test_bad_flags_name_the_flag(args, message):
-  with pytest.raises(ValueError) as info:
-    study_cli.parse(cs.StudyConfig, args)
-  assert str(info.value).startswith("--") and message in str(info.value)
-
-
-def test_missing_data_stops_before_any_file(tmp_path):
-  out = tmp_path / "out"
-  with pytest.raises(data.DataUnavailableError, match="IDX"):
-    cs.run(cs.StudyConfig(data_dir=str(tmp_path)), str(out))
-  assert not out.exists()
-
-
-def test_script_missing_data_exits_2_with_one_line(tmp_path):
-  out = tmp_path / "out"
-  result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_convergence.py"),
-                           f"--data_dir={tmp_path}", f"--out_dir={out}"], capture_output=True,
-                          text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120)
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and "IDX" in lines[0], result.stderr
-  assert not out.exists()

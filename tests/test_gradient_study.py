@@ -18,7 +18,6 @@ from scipy import special
 from isometry import data
 from isometry import io
 from isometry import meanfield
-from isometry.studies import cli as study_cli
 from isometry.studies import gradients as gs
 from isometry.studies import gradients_rnn
 from isometry.studies import harness
@@ -205,21 +204,3 @@ def test_script_quick_mode(tmp_path):
                "rnn/metrics.json"):
     assert (out / name).stat().st_size > 1000
   assert not (out / "rnn" / "checkpoint.npz").exists()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--sigma_b=0.1"], "one value per activation"),
-    (["--sigma_w_factors=1,x"], "--sigma_w_factors"),
-    (["--depth=1"], "depth"),
-])
-def test_bad_flags_name_the_flag(args, message):
-  with pytest.raises(ValueError) as info:
-    study_cli.parse(gs.StudyConfig, args)
-  assert str(info.value).startswith("--") and message in str(info.value)
-
-
-def test_missing_data_stops_before_any_file(tmp_path):
-  out = tmp_path / "out"
-  with pytest.raises(data.DataUnavailableError, match="IDX"):
-    gs.run(gs.StudyConfig(data_dir=str(tmp_path)), str(out))
-  assert not out.exists()

@@ -1,9 +1,6 @@
 """The gain study: its Jacobians and growth rates against dense references, the training seeds'
-input kernels, its flags, and its quick run on tiny synthetic data, in-process."""
+input kernels, and its quick run on tiny synthetic data, in-process."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +11,8 @@ from isometry import data
 from isometry import models
 from isometry import rnn_meanfield as rm
 from isometry import train
-from isometry.studies import cli as study_cli
 from isometry.studies import rnn_gain as study
 from isometry.studies import rnn_gain_theory as theory
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _explicit_jacobian(params, x):
@@ -129,34 +123,3 @@ def test_quick_run_writes_every_result(tmp_path):
   assert result["training"]["gains"][0] == round(th["g_star"], 3)
   assert len(summary["results"]) == 8 and len(summary["comparisons"]) == 6
   assert (tmp_path / "training" / "metrics.json").exists()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--seeds=1"], "seeds"),
-    (["--hand_gains=1,abc"], "hand_gains"),
-    (["--dataset=cifar10"], "dataset"),
-    (["--reg_strength=0"], "reg_strength"),
-    (["--reg=l3"], "regularizer"),
-    (["--data_dir=/no/such/folder"], "data_dir"),
-])
-def test_bad_flags_name_the_flag(flags, message):
-  with pytest.raises(ValueError) as info:
-    study_cli.parse(study.StudyConfig, flags, aliases={"reg": "regularizer"})
-  assert str(info.value).startswith("--" + message), str(info.value)
-
-
-def test_flags_give_the_config():
-  config, _ = study_cli.parse(study.StudyConfig, ["--quick", "--reg=notebook_so", "--seeds=3"],
-                              aliases={"reg": "regularizer"})
-  assert config == study.StudyConfig.quick(regularizer="notebook_so", seeds=3)
-
-
-def test_script_rejects_a_stray_argument_with_one_line_and_exit_2(tmp_path):
-  out = tmp_path / "out"
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_rnn_gain.py"),
-                         f"--out_dir={out}", "stray"], capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  errors = [line for line in proc.stderr.splitlines() if "error" in line]
-  assert len(errors) == 1 and "unexpected arguments" in errors[0], proc.stderr
-  assert not out.exists()

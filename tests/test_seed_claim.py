@@ -1,18 +1,13 @@
-"""The seed-claim study: its sweeps, its statistics against hand computations, its flags, and a
-quick run in-process."""
+"""The seed-claim study: its sweeps, its statistics against hand computations, and a quick run
+in-process."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from isometry import io
 from isometry import regularizers
-from isometry.studies import cli as study_cli
 from isometry.studies import seed_claim
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sweeps_hold_the_presets_and_scale_the_paper_penalty_to_a_mean(key):
@@ -66,20 +61,3 @@ def test_quick_run_writes_summary_and_figure(tmp_path):
     for metric in seed_claim.METRICS:
       assert summary["pooled"][formula][metric]["n_pairs"] == 2
   assert os.path.getsize(out / "seed_claim.png") > 10_000
-
-
-def test_flags_give_the_config():
-  config, _ = study_cli.parse(seed_claim.StudyConfig, ["--quick", "--presets=configs2",
-                                                       "--data_dir="])
-  assert config == seed_claim.StudyConfig.quick(presets=("configs2",), data_dir="")
-  with pytest.raises(ValueError, match="^--presets: unknown presets entry 'configs9'"):
-    study_cli.parse(seed_claim.StudyConfig, ["--presets=configs9"])
-
-
-def test_bad_flag_exits_2_with_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "seed_claim.py"), "--presets=configs9",
-       f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and "configs9" in proc.stderr
-  assert not os.listdir(tmp_path)

@@ -52,7 +52,7 @@ SUMMARY = "study.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study C measures. Defaults: the committed run (see results/C_accuracy/README.md).
 
   Attributes:
@@ -79,9 +79,6 @@ class StudyConfig:
   batch_size: int = 128
   max_train_examples: Optional[int] = 8192
   val_size: int = 5000
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "depths", tuple(self.depths))
@@ -155,7 +152,7 @@ def train_config(config: StudyConfig, activation: str, depth: int) -> train.Trai
                   for s in specs for seed in range(config.seeds))
   return train.TrainConfig(
       members=members, model="mlp",
-      **harness.data_fields(config.dataset, config.data_dir, config.synthetic),
+      **config.train_data(),
       hidden=config.width, activation=activation, sigma_b=specs[0]["sigma_b"], regularizer="none",
       optimizer=config.optimizer, batch_size=config.batch_size, epochs=config.epochs,
       val_size=config.val_size, max_train_examples=config.max_train_examples)
@@ -169,8 +166,7 @@ def load_data(config: StudyConfig) -> data.Dataset:
   """
   smoke = harness.Synthetic(num_train=max(8 * config.batch_size, 128), num_val=config.val_size,
                             num_test=64, learnable=True)
-  return harness.load_images(config.dataset, config.data_dir, config.val_size,
-                             synthetic=smoke if config.synthetic else None)
+  return config.images(config.val_size, smoke)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,13 +283,11 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
     where a sweep was interrupted (run again to continue).
 
   Raises:
-    data.DataUnavailableError, train.SetupError: data missing or bad, or out_dir holds a
-      finished study (before any training).
+    data.DataUnavailableError, train.SetupError: as `harness.start`, and train.run's own
+      (bad data for a sweep), before any training.
   """
   start = time.perf_counter()
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  if dataset is None:
-    dataset = load_data(config)
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: load_data(config), dataset)
   specs = init_specs(config)
   for s in specs:
     logging.info("init %s: %s %s sigma_w=%.6f sigma_b=%g chi=%.6f", s["name"], s["activation"],
@@ -320,8 +314,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
       "config": dataclasses.asdict(config), "inits": specs, "depths": list(config.depths),
       "dataset_label": (f"{label}, {train_size} train examples, width {config.width}, "
                         f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}"),
-      "data_dir": harness.data_fields(config.dataset, config.data_dir,
-                                      config.synthetic)["data_dir"],
+      "data_dir": config.train_data()["data_dir"],
       "num_train": int(train_size), "num_val": int(len(dataset.val_x)),
       "num_test": int(len(dataset.test_x)), "by_init": by_init, "runs": runs}
   for s in specs:

@@ -58,7 +58,7 @@ SYNTHETIC_SIDE = 6
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study E trains. Defaults: the committed run (see results/E_benefit/README.md).
 
   Attributes:
@@ -96,9 +96,6 @@ class StudyConfig:
   rnn_gain: float = 1.0
   rnn_lr: float = 1e-3
   unroll: int = 8
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "depths", tuple(self.depths))
@@ -139,8 +136,7 @@ def load_data(config: StudyConfig) -> data.Dataset:
     data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
   """
   smoke = harness.Synthetic(256, config.val_size, 64, side=SYNTHETIC_SIDE, learnable=True)
-  return harness.load_images(config.dataset, config.data_dir, config.val_size,
-                             synthetic=smoke if config.synthetic else None)
+  return config.images(config.val_size, smoke)
 
 
 def _label(arm: str, reg: float) -> str:
@@ -152,7 +148,7 @@ def _strengths(config: StudyConfig) -> Tuple[float, float]:
 
 
 def _common(config: StudyConfig) -> dict:
-  return dict(**harness.data_fields(config.dataset, config.data_dir, config.synthetic),
+  return dict(**config.train_data(),
               regularizer=config.regularizer, optimizer="adam", batch_size=config.batch_size,
               epochs=config.epochs, val_size=config.val_size,
               max_train_examples=config.max_train_examples,
@@ -377,9 +373,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
       finished study (before training).
   """
   start = time.perf_counter()
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  if dataset is None:
-    dataset = load_data(config)
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: load_data(config), dataset)
   sweeps = harness.run_sweeps(run_configs(config), out_dir, dataset=dataset,
                               overwrite=overwrite, plots=True)
   if sweeps is None:

@@ -55,7 +55,7 @@ SUMMARY = "study.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """Study D's settings. Defaults: the committed run.
 
   Attributes:
@@ -86,9 +86,6 @@ class StudyConfig:
   batch_size: int = 128
   max_train_examples: Optional[int] = 8000
   val_size: int = 5000
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
   unroll: int = 4
 
   def __post_init__(self):
@@ -153,7 +150,7 @@ def arm_train_config(config: StudyConfig, arm: str) -> train.TrainConfig:
                    lr=config.lr, seed=seed) for seed in range(config.seeds))
   return train.TrainConfig(
       members=members, model="rnn",
-      **harness.data_fields(config.dataset, config.data_dir, config.synthetic),
+      **config.train_data(),
       task="row", hidden=config.hidden, regularizer="so" if soft else "none",
       constraint=constraint, margin=margin_value, optimizer="adam",
       batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
@@ -333,15 +330,13 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
     The study.json content; None where an arm was interrupted (run again to continue).
 
   Raises:
-    data.DataUnavailableError, train.SetupError: data missing or bad, or out_dir holds a
-      finished study (before any training).
+    data.DataUnavailableError, train.SetupError: before any training, where the data is
+      missing or bad or out_dir holds a finished study (`harness.start`).
   """
   start = time.perf_counter()
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  if dataset is None:
-    smoke = harness.Synthetic(64, config.val_size, 32, side=6, learnable=True)
-    dataset = harness.load_images(config.dataset, config.data_dir, config.val_size,
-                                  synthetic=smoke if config.synthetic else None)
+  smoke = harness.Synthetic(64, config.val_size, 32, side=6, learnable=True)
+  dataset = harness.start(out_dir, SUMMARY, overwrite,
+                          lambda: config.images(config.val_size, smoke), dataset)
   sweeps = harness.run_sweeps({arm: arm_train_config(config, arm) for arm in arm_names(config)},
                               out_dir, dataset=dataset, overwrite=overwrite)
   if sweeps is None:

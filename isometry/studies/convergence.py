@@ -45,7 +45,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Optional, Tuple
+from typing import Tuple
 
 from absl import logging
 import jax
@@ -68,7 +68,7 @@ SUMMARY = "convergence.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study B measures. Defaults: the committed run (7-10 minutes on 2 shared CPU cores).
 
   Attributes:
@@ -106,9 +106,6 @@ class StudyConfig:
   tanh_lr: float = 1.0
   tanh_steps: int = 400
   tanh_threshold: float = 0.5
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
 
   def __post_init__(self):
     for name in ("inits", "linear_depths", "tanh_depths"):
@@ -326,8 +323,7 @@ def load_tanh_data(config: StudyConfig):
       tanh_examples training images.
   """
   smoke = harness.Synthetic(max(config.tanh_examples, 16), 32, 32, side=6)
-  dataset = harness.load_images(config.dataset, config.data_dir,
-                                synthetic=smoke if config.synthetic else None)
+  dataset = config.images(smoke=smoke)
   if len(dataset.train_x) < config.tanh_examples:
     raise data.DataUnavailableError(f"tanh_examples={config.tanh_examples} > "
                                     f"{len(dataset.train_x)} training examples")
@@ -518,8 +514,8 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> dict:
       holds a finished study (before anything is written).
   """
   start = time.perf_counter()
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  x, y = load_tanh_data(config)  # First, so missing data fails before any work.
+  # The data first, so that missing data fails before any work.
+  x, y = harness.start(out_dir, SUMMARY, overwrite, lambda: load_tanh_data(config))
   sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", config.q_star))
 
   t0 = time.perf_counter()
@@ -553,8 +549,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> dict:
           "inits": config.inits, "depths": config.tanh_depths,
           "sigma_w": sigma_w, "sigma_b": sigma_b,
           "dataset": "synthetic" if config.synthetic else config.dataset,
-          "data_dir": harness.data_fields(config.dataset, config.data_dir,
-                                          config.synthetic)["data_dir"],
+          "data_dir": config.train_data()["data_dir"],
           "summary": summarize_steps(tanh_steps, config.tanh_depths, config.inits),
           "final_loss_max": tanh_curves[..., -1].max(axis=-1),
           "curves": _curve_summary(tanh_curves, config.tanh_depths, config.inits),

@@ -57,7 +57,7 @@ SUMMARY = "gradients.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study A measures. Defaults: the committed run (about 2 minutes on 2 shared CPU cores).
 
   Attributes:
@@ -89,9 +89,6 @@ class StudyConfig:
   seed: int = 0
   rnn_gains: Tuple[float, ...] = (0.9, 1.0, 1.025, 1.25)
   rnn_seeds: int = 5
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
   rnn_hidden: int = 128
   rnn_epochs: int = 2
   rnn_batch_size: int = 128
@@ -114,7 +111,7 @@ class StudyConfig:
     harness.check_choices(self, "weights", WEIGHTS, allow_empty=False)
     harness.check_at_least(self, ("width", "batch", "rnn_hidden", "rnn_epochs",
                                   "rnn_batch_size", "rnn_val_size"))
-    harness.check_at_least(self, ("depth",), 2)
+    harness.check(self.depth >= 2, f"depth must be >= 2 to fit a slope, got {self.depth}")
     harness.check_seeds(self, ("seeds", "rnn_seeds"))
     harness.check(bool(self.rnn_gains) and all(g > 0 for g in self.rnn_gains),
                   f"rnn_gains must be > 0, got {self.rnn_gains}")
@@ -450,9 +447,9 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> Option
       holds a finished study (before anything is written).
   """
   start = time.perf_counter()
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  # Data first, so a missing dataset fails before any work or file.
-  dataset = gradients_rnn.load_rnn_dataset(config)
+  # The RNN's data first, so that missing data fails before any work or file.
+  dataset = harness.start(out_dir, SUMMARY, overwrite,
+                          lambda: gradients_rnn.load_rnn_dataset(config))
   result = {"config": dataclasses.asdict(config), "mlp": mlp_study(config)}
   result["rnn"] = gradients_rnn.rnn_study(config, out_dir, dataset, overwrite=overwrite)
   if result["rnn"] is None:

@@ -30,7 +30,7 @@ def rnn_train_config(config) -> train.TrainConfig:
   synthetic = config.synthetic
   return train.TrainConfig(
       members=members, model="rnn",
-      **harness.data_fields(config.dataset, config.data_dir, synthetic),
+      **config.train_data(),
       task="row", hidden=config.rnn_hidden, regularizer="none", optimizer="adam",
       batch_size=config.rnn_batch_size, epochs=config.rnn_epochs,
       unroll=1 if synthetic else 4, val_size=config.rnn_val_size,
@@ -45,8 +45,7 @@ def load_rnn_dataset(config) -> data.Dataset:
     data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
   """
   smoke = harness.Synthetic(64, 32, 32, side=6)
-  return harness.load_images(config.dataset, config.data_dir, config.rnn_val_size,
-                             synthetic=smoke if config.synthetic else None)
+  return config.images(config.rnn_val_size, smoke)
 
 
 def summarize_rnn(result: harness.SweepResult, gains) -> dict:

@@ -1,11 +1,11 @@
 """The harness every study runs on: its images, its training sweeps, their results in memory.
 
-A study is a config, the `isometry.train` sweeps it trains and an analysis. The harness does the
-rest, once for all of them:
+A study is a config, the `isometry.train` sweeps it trains and an analysis. Its config extends
+`DataConfig` (dataset, data_dir, synthetic: declared once for every study) and validates itself
+with the config checks below; the harness does the rest, once for all of them:
 
-    check_out_dir(out_dir, "study.json", overwrite)      # before any work
-    images = load_images(config.dataset, config.data_dir, config.val_size,
-                         synthetic=SMOKE_IMAGES if config.synthetic else None)
+    images = start(out_dir, "study.json", overwrite,      # a finished study is refused,
+                   lambda: config.images(config.val_size))   # then the data, before any work
     sweeps = run_sweeps({"none": none_config, "soft": soft_config}, out_dir, dataset=images)
     if sweeps is None:                                     # interrupted: run again to continue
       return None
@@ -147,6 +147,31 @@ def data_fields(dataset: str, data_dir: Optional[str], synthetic: bool) -> dict:
           "data_dir": None if synthetic else data.resolve_data_dir(dataset, data_dir or None)}
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The images of a study, declared once: every study's config extends this.
+
+  Attributes:
+    dataset: the images (a `data.NAMES` name; a study may allow fewer).
+    data_dir: IDX folder or TFDS data dir; None (or empty): this machine's offline copy of the
+      dataset (`data.OFFLINE_DIRS`) where there is one, else TFDS.
+    synthetic: small synthetic images instead of the dataset (smoke runs, --quick); each study
+      says which.
+  """
+  dataset: str = "fashion_mnist"
+  data_dir: Optional[str] = None
+  synthetic: bool = False
+
+  def images(self, val_size=0.2, smoke: Synthetic = Synthetic()) -> data.Dataset:
+    """`load_images` of this config: the dataset, or the `smoke` images where synthetic."""
+    return load_images(self.dataset, self.data_dir, val_size,
+                       synthetic=smoke if self.synthetic else None)
+
+  def train_data(self) -> dict:
+    """`data_fields` of this config: a sweep's TrainConfig dataset and data_dir."""
+    return data_fields(self.dataset, self.data_dir, self.synthetic)
+
+
 # -------------------------------------------------------------------------------------- results
 
 @dataclasses.dataclass(frozen=True)
@@ -285,6 +310,19 @@ def check_out_dir(out_dir: str, summary: str, overwrite: bool) -> None:
   if not overwrite and os.path.exists(os.path.join(out_dir, summary)):
     raise train.SetupError(f"out_dir {out_dir!r} holds a finished study ({summary}): replace it "
                            "with --overwrite, or choose another out_dir")
+
+
+def start(out_dir: str, summary: str, overwrite: bool, load: Callable[[], object],
+          dataset=None):
+  """A study's first step, before any work: `check_out_dir`, then its data (`dataset` where
+  the caller preloaded it, else load()).
+
+  Raises:
+    train.SetupError: out_dir is a file or holds a finished study (and overwrite is False).
+    data.DataUnavailableError: the data cannot be read here (nothing is written).
+  """
+  check_out_dir(out_dir, summary, overwrite)
+  return load() if dataset is None else dataset
 
 
 def _finished(folder: str, config: train.TrainConfig) -> bool:

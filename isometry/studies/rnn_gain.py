@@ -52,7 +52,7 @@ SWEEP = "training"   # the training sweep's folder in out_dir
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """Settings of the study (frozen; validated on construction).
 
   Attributes:
@@ -75,9 +75,6 @@ class StudyConfig:
     seeds: seeds per (gain, penalty) (>= 2 for intervals).
     epochs, lr, batch_size, val_size, max_train_examples, unroll: as `train.TrainConfig`.
   """
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
   hidden: int = presets.SEED_HIDDEN
   seed: int = 0
   theory_examples: int = 2048
@@ -136,8 +133,7 @@ def load(config: StudyConfig) -> data.Dataset:
   Raises:
     data.DataUnavailableError: the dataset cannot be read here.
   """
-  return harness.load_images(config.dataset, config.data_dir, config.val_size,
-                             synthetic=harness.Synthetic(side=8) if config.synthetic else None)
+  return config.images(config.val_size, harness.Synthetic(side=8))
 
 
 # ------------------------------------------------------------------------------ stage 4: training
@@ -149,7 +145,7 @@ def train_config(config: StudyConfig, g_star: float) -> train.TrainConfig:
                                   lrs=(config.lr,), seeds=config.seeds, gain_adjusted=True)
   return train.TrainConfig(
       members=members, model="rnn",
-      **harness.data_fields(config.dataset, config.data_dir, config.synthetic),
+      **config.train_data(),
       task="row", hidden=config.hidden, regularizer=config.regularizer, optimizer="adam",
       batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
       val_size=config.val_size, max_train_examples=config.max_train_examples,
@@ -231,9 +227,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
     data.DataUnavailableError, train.SetupError: the data cannot be loaded or does not fit the
       settings, or out_dir holds a finished study (nothing written).
   """
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  if dataset is None:
-    dataset = load(config)
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: load(config), dataset)
   x = theory.rows(dataset.train_x)
   rng = np.random.default_rng(config.seed)
   k_measure, k_spectra = jax.random.split(jax.random.key(config.seed))

@@ -49,7 +49,7 @@ VERDICTS = ("confirmed", "refuted", "not supported")
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """The study's settings (the seed's training settings unless noted).
 
   Attributes:
@@ -66,8 +66,6 @@ class StudyConfig:
     unroll: scan unroll over time.
     synthetic: train on 64 random 28 x 28 images instead (smoke runs; nothing to learn).
   """
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
   presets: Tuple[str, ...] = PRESETS
   formulas: Tuple[str, ...] = tuple(FORMULAS)
   seeds: int = 5
@@ -78,7 +76,6 @@ class StudyConfig:
   val_size: int = 12000
   max_train_examples: Optional[int] = None
   unroll: int = 4
-  synthetic: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "presets", tuple(self.presets))
@@ -117,7 +114,7 @@ def sweep_members(preset: str, formula: str, seeds: int, hidden: int, lr: float)
 def train_config(config: StudyConfig, preset: str, formula: str) -> train.TrainConfig:
   return train.TrainConfig(
       members=sweep_members(preset, formula, config.seeds, config.hidden, config.lr),
-      model="rnn", **harness.data_fields(config.dataset, config.data_dir, config.synthetic),
+      model="rnn", **config.train_data(),
       task="row", hidden=config.hidden, regularizer=FORMULAS[formula], optimizer="adam",
       batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
       val_size=config.val_size, max_train_examples=config.max_train_examples, preset=preset)
@@ -232,10 +229,8 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
     data.DataUnavailableError, train.SetupError: data missing or bad for these settings, or
       out_dir holds a finished study (before anything is trained).
   """
-  harness.check_out_dir(out_dir, SUMMARY, overwrite)
-  if dataset is None:
-    dataset = harness.load_images(config.dataset, config.data_dir, config.val_size,
-                                  synthetic=harness.Synthetic() if config.synthetic else None)
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: config.images(config.val_size),
+                          dataset)
   sweeps = harness.run_sweeps(
       {run_name(preset, formula): train_config(config, preset, formula)
        for formula in config.formulas for preset in config.presets},
