@@ -73,19 +73,26 @@ def test_init_rnn_is_the_keras_model_at_its_width_and_rescales_the_drive_elsewhe
   assert np.max(np.abs(wide["input"])) > 0.8 * np.sqrt(3 * variance)
 
 
-def test_seed_input_kernel_is_the_one_the_training_sweep_draws():
-  dataset = data.synthetic_dataset(num_train=32, num_val=8, num_test=8, side=6)
-  config = train.TrainConfig(members=train.product_members(gains=(1.0, 1.3), seeds=2),
-                             hidden=8, batch_size=8, epochs=1, unroll=1, val_size=8,
-                             eval_batch_size=8)
-  arrays = train.prepare_arrays(config, dataset)
-  program = train.make_train(config, arrays)
-  hparams = jax.device_put(train.hparams_of(config.members, ("orthogonal",)),
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  """The quick study, run once for the tests of this module: (its folder, study.json content)."""
+  out = tmp_path_factory.mktemp("gain")
+  return out, study.run(study.StudyConfig.quick(), str(out))
+
+
+def test_seed_input_kernel_is_the_one_the_training_sweep_draws(quick_run):
+  # The quick run's own sweep and images, so that the init it compiled serves here too.
+  config = study.StudyConfig.quick()
+  sweep = study.train_config(config, quick_run[1]["theory"]["g_star"])
+  arrays = train.prepare_arrays(sweep, study.load(config))
+  program = train.make_train(sweep, arrays)
+  hparams = jax.device_put(train.hparams_of(sweep.members, ("orthogonal",)),
                            program.member_sharding)
   states = program.init(hparams)
-  for i, member in enumerate(config.members):
+  input_dim = arrays.train_x.shape[-1]
+  for i, member in enumerate(sweep.members):
     np.testing.assert_array_equal(np.asarray(states["params"]["input"][i]),
-                                  theory.seed_input_kernel(member.seed, 6, 8))
+                                  theory.seed_input_kernel(member.seed, input_dim, sweep.hidden))
 
 
 def test_crossing_interpolates_the_sign_change():
@@ -104,8 +111,8 @@ def test_config_rejects_bad_values():
   assert data.resolve_data_dir("mnist", None) is None
 
 
-def test_quick_run_writes_every_result(tmp_path):
-  study.run(study.StudyConfig.quick(), str(tmp_path))
+def test_quick_run_writes_every_result(quick_run):
+  tmp_path, returned = quick_run
   for name in ("study.json", "meanfield.png", "spectra.png", "accuracy.png"):
     assert (tmp_path / name).stat().st_size > 1000, name
   result = json.loads((tmp_path / "study.json").read_text())
@@ -120,6 +127,7 @@ def test_quick_run_writes_every_result(tmp_path):
   for case in result["spectra"]:
     assert set(case["measured"]) == set(theory.VARIANTS)
   summary = result["training"]["summary"]
+  assert returned["training"]["gains"] == result["training"]["gains"]
   assert result["training"]["gains"][0] == round(th["g_star"], 3)
   assert len(summary["results"]) == 8 and len(summary["comparisons"]) == 6
   assert (tmp_path / "training" / "metrics.json").exists()

@@ -2,7 +2,8 @@
 
 Every study is a config, the sweeps it trains (or the computations it runs) and an analysis; the
 running, resuming, reading back, per-seed statistics and the scripts' command line live once, in
-`harness` and `cli`. The library never imports this package, and no study imports another.
+`harness` and `cli`. The library never imports this package, and no study imports another
+(but C, which takes A's critical_sigma_w until `meanfield.critical_sigma_w` is on main).
 
   gradients (A)     gradient norms through depth (MLPs at init, against mean field) and
                     through time (gradients_rnn: the RNN, trained).
