@@ -167,6 +167,36 @@ def test_a_finished_study_is_not_run_into_without_overwrite(tmp_path):
     harness.check_out_dir(str(tmp_path / "study.json"), "study.json", overwrite=True)
 
 
+def test_start_refuses_then_loads_and_overwrite_removes_the_old_summary(tmp_path):
+  harness.save(str(tmp_path), "study.json", {"answer": 1})
+  loads = []
+  load = lambda: loads.append(1) or "images"
+  with pytest.raises(train.SetupError, match="--overwrite"):
+    harness.start(str(tmp_path), "study.json", False, load)
+  assert not loads and (tmp_path / "study.json").exists()   # refused before loading
+
+  def unavailable():
+    raise data.DataUnavailableError("no IDX files")
+  with pytest.raises(data.DataUnavailableError):
+    harness.start(str(tmp_path), "study.json", True, unavailable)
+  assert (tmp_path / "study.json").exists()   # nothing replaced while the data is missing
+  assert harness.start(str(tmp_path), "study.json", True, load, dataset="given") == "given"
+  assert not (tmp_path / "study.json").exists() and not loads
+  assert harness.start(str(tmp_path / "new"), "study.json", False, load) == "images"
+
+
+def test_overwrite_trains_a_finished_sweep_afresh(finished, images, tmp_path):
+  out_dir, result = finished
+  shutil.copytree(os.path.join(out_dir, "tiny"), tmp_path / "tiny")
+  trained = []
+  again = harness.run_sweeps({"tiny": _sweep()}, str(tmp_path), dataset=images, overwrite=True,
+                             callback=lambda epoch, outputs: trained.append(epoch))["tiny"]
+  assert trained == [1, 2]
+  # Training is deterministic: the same numbers as the first time.
+  for m, n in zip(again.metrics["members"], result.metrics["members"]):
+    assert m["test_accuracy"] == n["test_accuracy"] and m["epochs"] == n["epochs"]
+
+
 def test_compare_matches_hand_computation():
   arm = np.array([0.80, 0.82, 0.81, np.nan, 0.83])
   none = np.array([0.79, 0.80, 0.81, 0.70, 0.80])

@@ -34,8 +34,9 @@ def define_script_flags(out_dir: str, *, flag_values=flags.FLAGS,
                        **define)
   flags.DEFINE_string("out_dir", out_dir, "Results folder; running the same command again "
                       "continues an interrupted study there.", **define)
-  flags.DEFINE_boolean("overwrite", False, "Replace the finished study found in --out_dir "
-                       "(without it the script stops, changing nothing).", **define)
+  flags.DEFINE_boolean("overwrite", False, "Replace the finished study found in --out_dir, "
+                       "training every sweep afresh (without it the script stops there, "
+                       "changing nothing).", **define)
 
 
 def config_from_flags(config_class, *, flag_values=flags.FLAGS):

@@ -16,8 +16,8 @@ with the config checks below; the harness does the rest, once for all of them:
 Every sweep trains in its own folder out_dir/<name>/. Running the study again continues where it
 stopped: a finished sweep of the same config is read back, an interrupted one resumes from its
 checkpoint. A folder holding a finished study (its summary file) is not run into again unless
-`overwrite` says so; then every sweep is handed to `train.run` with overwrite, which retrains the
-ones it cannot resume (the committed results/ folders keep no checkpoints).
+`overwrite` says so; then the old summary goes as soon as the data has loaded and every sweep
+trains afresh (so an overwriting run that is interrupted is continued without overwrite).
 
 Results are selected by the fields of the sweep's own `train.Member`s, compared exactly as the
 config holds them (never as numbers read back from JSON), and come back as arrays over seeds
@@ -315,14 +315,20 @@ def check_out_dir(out_dir: str, summary: str, overwrite: bool) -> None:
 def start(out_dir: str, summary: str, overwrite: bool, load: Callable[[], object],
           dataset=None):
   """A study's first step, before any work: `check_out_dir`, then its data (`dataset` where
-  the caller preloaded it, else load()).
+  the caller preloaded it, else load()); with overwrite, the old summary is removed once the
+  data is there.
 
   Raises:
     train.SetupError: out_dir is a file or holds a finished study (and overwrite is False).
     data.DataUnavailableError: the data cannot be read here (nothing is written).
   """
   check_out_dir(out_dir, summary, overwrite)
-  return load() if dataset is None else dataset
+  loaded = load() if dataset is None else dataset
+  path = os.path.join(out_dir, summary)
+  if overwrite and os.path.exists(path):
+    # Replaced from here on: if this run stops, running again without overwrite continues it.
+    os.remove(path)
+  return loaded
 
 
 def _finished(folder: str, config: train.TrainConfig) -> bool:
@@ -345,8 +351,8 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
     sweeps: {folder name: sweep}, in run order.
     out_dir: the study's folder.
     dataset: preloaded images for every sweep (default: each loads its config's dataset).
-    overwrite: hand every sweep to `train.run` (resume, or retrain where it cannot), even a
-      finished one; without it a finished sweep of the same config is read back, not retrained.
+    overwrite: train every sweep afresh, replacing what its folder holds; without it a finished
+      sweep of the same config is read back and an interrupted one resumes.
     plots: write each sweep's training figures (`isometry.training_plots`).
     keep_checkpoints: keep checkpoint.npz of the finished sweeps (a finished sweep is read back
       without it).
@@ -369,8 +375,8 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
       metrics = io.read_json(os.path.join(folder, "metrics.json"))
     else:
       logging.info("sweep %s: %d members into %s", name, len(config.members), folder)
-      metrics = train.run(config, folder, resume=True, overwrite=overwrite, dataset=dataset,
-                          plots=plots, callback=callback)
+      metrics = train.run(config, folder, resume=not overwrite, overwrite=overwrite,
+                          dataset=dataset, plots=plots, callback=callback)
     status = train.read_status(folder)
     if status["status"] == "interrupted":
       logging.info("interrupted in %s: run the same command again to continue", folder)
