@@ -22,9 +22,9 @@ isometry: theory and practice", NIPS 2017, figures 5 and 6).
 
 Every (activation, depth) is one `isometry.train` sweep (inits of that activation x seeds in one
 vmapped program) in its own folder out_dir/<activation>_depth<depth>/, run by
-`harness.run_sweeps`, so an interrupted study loses no finished epoch. Depths are separate programs rather than one
-depth-masked stack: a masked stack spends the deepest network's compute on every member, which
-for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members of a seed share their
+`harness.run_sweeps`, so an interrupted study loses no finished epoch. Depths are separate
+programs rather than one depth-masked stack: a masked stack spends the deepest network's compute
+on every member, which for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members of a seed share their
 batch order; within one sweep, inits of a seed also share their PRNG key.
 
 `run(config, out_dir)` writes study.json, C1_accuracy_vs_depth.png and C2_learning_curves.png.

@@ -303,7 +303,8 @@ def plot_benefit_vs_depth(result: dict):
   depths = result["depths"]
   seeds = c["seeds"]
   return _plot_benefit(
-      depths, np.array([int(d) for d in depths], np.float64), list(depths), "MLP depth (hidden layers)",
+      depths, np.array([int(d) for d in depths], np.float64), list(depths),
+      "MLP depth (hidden layers)",
       f"tanh MLP, width {c['width']}, orthogonal g={c['mlp_gain']:g}: {c['regularizer']} penalty "
       f"{c['reg_strength']:g} on hidden kernels, {seeds} seeds", log_x=True)
 

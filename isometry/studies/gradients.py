@@ -417,7 +417,8 @@ def plot_log_slopes(result: dict):
       ax.plot(sw, case["theory_log_gain_gaussian"]["std"], "k--", lw=1,
               label=r"Gaussian closed form $\sqrt{(L-1)\psi_1(N/2)}$")
     ax.set_xlabel(r"$\sigma_w$")
-    ax.set_ylabel(r"std over inputs of $\log\|\partial L/\partial h_1\|^2/\|\partial L/\partial h_L\|^2$",
+    ax.set_ylabel(r"std over inputs of "
+                  r"$\log\|\partial L/\partial h_1\|^2/\|\partial L/\partial h_L\|^2$",
                   fontsize=8)
     ax.legend(fontsize=7)
   fig.suptitle("Backward growth rate per layer against mean field (top, middle) and its "

@@ -211,7 +211,8 @@ class SweepResult:
     names = {f.name for f in dataclasses.fields(train.Member)}
     unknown = sorted(set(fields) - names)
     if unknown:
-      raise ValueError(f"Member has no field {unknown[0]!r}; choose from {', '.join(sorted(names))}")
+      raise ValueError(f"Member has no field {unknown[0]!r}; choose from "
+                       f"{', '.join(sorted(names))}")
     chosen = {}
     for i, member in enumerate(self.config.members):
       if all(getattr(member, name) == value for name, value in fields.items()):
