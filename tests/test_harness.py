@@ -89,6 +89,23 @@ def test_results_are_arrays_over_seeds_keyed_by_member_fields(finished):
   assert not result.diverged(gain=1.0, reg_strength=0.0).any()
 
 
+def test_initial_params_are_what_the_sweep_starts_from(finished, images):
+  _, result = finished
+  params = harness.initial_params(_sweep(), images)
+  assert params["recurrent"].shape == (8, 4, 4)
+  # The singular values train recorded at init (its own SVD, in float32) are those of W.
+  recorded = result.spectra("recurrent", gain=1.3, reg_strength=0.5)[:, 0]
+  chosen = result.select(gain=1.3, reg_strength=0.5)
+  drawn = np.stack([np.linalg.svd(params["recurrent"][chosen[s]], compute_uv=False)
+                    for s in (0, 1)])
+  np.testing.assert_allclose(drawn, recorded, rtol=1e-5)
+  # Members of one seed share their input kernel whatever their gain or penalty.
+  members = _sweep().members
+  assert (members[0].seed, members[4].seed) == (0, 0) and members[0].gain != members[4].gain
+  np.testing.assert_array_equal(params["input"][0], params["input"][4])
+  np.testing.assert_array_equal(params["input"][0], params["input"][2])
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(gain=1.3), "two members with seed 0"),
     (dict(gain=1.25, reg_strength=0.0), "no member"),

@@ -10,7 +10,7 @@ import pytest
 from isometry import data
 from isometry import models
 from isometry import rnn_meanfield as rm
-from isometry import train
+from isometry.studies import harness
 from isometry.studies import rnn_gain as study
 from isometry.studies import rnn_gain_theory as theory
 
@@ -80,19 +80,18 @@ def quick_run(tmp_path_factory):
   return out, study.run(study.StudyConfig.quick(), str(out))
 
 
-def test_seed_input_kernel_is_the_one_the_training_sweep_draws(quick_run):
-  # The quick run's own sweep and images, so that the init it compiled serves here too.
+def test_seed_input_kernels_are_the_ones_the_training_sweep_draws(quick_run):
+  # The quick run's own sweep and images, so that the init it compiled serves here too. U
+  # depends on the seed alone: every member (each gain, each penalty) starts from its seed's.
   config = study.StudyConfig.quick()
+  dataset = study.load(config)
+  kernels = study.seed_input_kernels(config, dataset)
+  assert kernels.shape == (config.seeds, 8, config.hidden)
   sweep = study.train_config(config, quick_run[1]["theory"]["g_star"])
-  arrays = train.prepare_arrays(sweep, study.load(config))
-  program = train.make_train(sweep, arrays)
-  hparams = jax.device_put(train.hparams_of(sweep.members, ("orthogonal",)),
-                           program.member_sharding)
-  states = program.init(hparams)
-  input_dim = arrays.train_x.shape[-1]
+  params = harness.initial_params(sweep, dataset)
   for i, member in enumerate(sweep.members):
-    np.testing.assert_array_equal(np.asarray(states["params"]["input"][i]),
-                                  theory.seed_input_kernel(member.seed, input_dim, sweep.hidden))
+    np.testing.assert_array_equal(params["input"][i], kernels[member.seed])
+  assert not np.array_equal(kernels[0], kernels[1])
 
 
 def test_crossing_interpolates_the_sign_change():

@@ -33,6 +33,7 @@ import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from absl import logging
+import jax
 import numpy as np
 
 from isometry import data
@@ -387,6 +388,24 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
       os.remove(checkpoint)
     results[name] = SweepResult(config, metrics, status, folder, time.perf_counter() - start)
   return results
+
+
+def initial_params(config: train.TrainConfig, dataset=None) -> dict:
+  """The members' parameters at init exactly as `train.run` draws them (the sweep's own compiled
+  init, on the data shaped as for training): a pytree of numpy arrays, member axis first.
+
+  For a study that needs what a sweep starts from (the input kernel each seed draws) without
+  rebuilding train's key plan by hand.
+  """
+  arrays = train.prepare_arrays(config, dataset)
+  program = train.make_train(config, arrays)
+  # As train.run does: the member axis padded to the device count, inits by sorted name.
+  count = len(config.members)
+  members = list(config.members) + [config.members[-1]] * (program.num_padded - count)
+  names = tuple(sorted({m.init for m in config.members}))
+  hparams = jax.device_put(train.hparams_of(members, names), program.member_sharding)
+  params = program.init(hparams)["params"]
+  return jax.tree.map(lambda x: np.asarray(x)[:count], params)
 
 
 def save(out_dir: str, summary_name: str, summary: dict,

@@ -152,6 +152,14 @@ def train_config(config: StudyConfig, g_star: float) -> train.TrainConfig:
       eval_batch_size=min(1000, config.val_size))
 
 
+def seed_input_kernels(config: StudyConfig, dataset: data.Dataset) -> np.ndarray:
+  """(seeds, D, H) float32: the input kernel U each seed of the training sweep starts from, from
+  train's own init (U depends on the seed alone, not on the gain or the penalty)."""
+  sweep = train_config(config, config.hand_gains[0])
+  first = tuple(next(m for m in sweep.members if m.seed == s) for s in range(config.seeds))
+  return harness.initial_params(dataclasses.replace(sweep, members=first), dataset)["input"]
+
+
 def summarize_training(result: harness.SweepResult) -> dict:
   """Per (gain, penalty): intervals of METRICS; paired g* - each other gain, per penalty.
 
@@ -234,7 +242,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
   seconds = {}
 
   start = time.time()
-  th = theory.theory(config, x, rng)
+  th = theory.theory(config, x, seed_input_kernels(config, dataset), rng)
   seconds["theory"] = time.time() - start
   logging.info("q_in (time average) %.4f; critical gains: %s; per seed kernel %s",
                th["q_in_mean"], th["critical_gain"],

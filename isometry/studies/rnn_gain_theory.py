@@ -139,24 +139,19 @@ def _sample(rng, x, n):
   return x[rng.choice(len(x), size=min(n, len(x)), replace=False)]
 
 
-def seed_input_kernel(seed: int, input_dim: int, hidden: int) -> np.ndarray:
-  """The input kernel U that `isometry.train` draws for `seed` (float32, as trained).
+def theory(config, x: np.ndarray, input_kernels: np.ndarray, rng) -> dict:
+  """Input drive statistics, g* in every reading, and the mean-field curves over gain.
 
-  train.make_train initialises member params from fold_in(key(seed), 0) with `models.init_rnn`,
-  whose input kernel does not depend on the recurrent initializer or gain.
+  Args:
+    config: the study.
+    x: (N, T, D) training images as rows.
+    input_kernels: (seeds, D, H) the input kernel U each training seed draws (float32).
+    rng: numpy Generator of the theory-side samples.
   """
-  key = jax.random.fold_in(jax.random.key(seed), 0)
-  recurrent = models.mixed_initializer(("orthogonal",), 0, 1.0)
-  return np.asarray(models.init_rnn(key, input_dim, hidden, _NUM_CLASSES, recurrent)["input"])
-
-
-def theory(config, x: np.ndarray, rng) -> dict:
-  """Input drive statistics, g* in every reading, and the mean-field curves over gain."""
   steps, input_dim = x.shape[1:]
   variance = rm.glorot_variance(input_dim, config.hidden)
   q_in = rm.expected_input_drive_variance(x, variance)
-  per_seed = np.stack([rm.input_drive_variance(x, seed_input_kernel(s, input_dim, config.hidden))
-                       for s in range(config.seeds)])
+  per_seed = np.stack([rm.input_drive_variance(x, u) for u in input_kernels])
   examples = _sample(rng, x, config.theory_examples)
   per_example = rm.example_drive_variances(examples, variance)
   q_bar = float(q_in.mean())
@@ -164,8 +159,8 @@ def theory(config, x: np.ndarray, rng) -> dict:
   critical = {name: rm.rnn_critical_gain(_ACTIVATION, q) for name, q in readings.items()}
   # g* with each training seed's own U (per-example drives ||x_t U||^2 / H).
   per_seed_critical = []
-  for s in range(config.seeds):
-    u = seed_input_kernel(s, input_dim, config.hidden).astype(np.float64)
+  for u in input_kernels:
+    u = u.astype(np.float64)
     drives = np.mean(np.square(np.einsum("btd,dh->bth", examples, u)), axis=-1)
     per_seed_critical.append(rm.rnn_critical_gain(_ACTIVATION, drives))
   gains = np.asarray(config.curve_gains)
