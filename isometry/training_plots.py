@@ -11,14 +11,10 @@ Members are grouped into configurations by `config.label`. Nothing calls plt.sho
 """
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from isometry import io
+from isometry import plots
 from isometry.stats import mean_ci
 
 
@@ -45,6 +41,7 @@ def _sv_series(members: list, stat: str) -> np.ndarray:
 
 def plot_singular_values(metrics: dict, path: str) -> None:
   """One panel per configuration: singular values over epochs (epoch 0 = init)."""
+  plt = plots.pyplot()
   groups = _groups(metrics)
   cols = min(3, len(groups))
   rows = -(-len(groups) // cols)
@@ -65,7 +62,7 @@ def plot_singular_values(metrics: dict, path: str) -> None:
     ax.axhline(gain, color="black", linestyle="--", alpha=0.3)
     ax.set_title(f"{label} ({len(members)} seeds)", fontsize=9)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   for ax in axes[:, 0]:
     ax.set_ylabel("singular values")
   for ax in list(axes.flat)[len(groups):]:
@@ -77,6 +74,7 @@ def plot_singular_values(metrics: dict, path: str) -> None:
 
 def plot_curves(metrics: dict, path: str) -> None:
   """Loss and accuracy curves: mean over seeds and 95% t-interval per configuration."""
+  plt = plots.pyplot()
   groups = _groups(metrics)
   panels = (("train_loss", "train loss", False), ("val_loss", "validation loss", True),
             ("train_accuracy", "train accuracy", False),
@@ -88,11 +86,10 @@ def plot_curves(metrics: dict, path: str) -> None:
       values = _series(members, key, initial=with_initial)
       mean, half = mean_ci(values, axis=0)
       epochs = np.arange(values.shape[1]) + (0 if with_initial else 1)
-      ax.plot(epochs, mean, color=colors(c % 10), label=label)
-      ax.fill_between(epochs, mean - half, mean + half, color=colors(c % 10), alpha=0.2)
+      plots.band(ax, epochs, mean, half, color=colors(c % 10), label=label)
     ax.set_title(title)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
   axes[0, 0].legend(fontsize=7, loc="best")
   fig.suptitle("mean over seeds, band: 95% t-interval", fontsize=9)
   fig.tight_layout()
@@ -101,6 +98,7 @@ def plot_curves(metrics: dict, path: str) -> None:
 
 def plot_gradients(metrics: dict, path: str) -> None:
   """Gradient norms at init (dashed) and after the last epoch (solid), mean over seeds."""
+  plt = plots.pyplot()
   groups = _groups(metrics)
   first = metrics["members"][0]
   if "grad_norm_through_time" in first["initial"]:

@@ -1,17 +1,15 @@
-"""Study C's pure pieces (critical point, init specs, config checks, summaries) and the script in
---quick mode on a synthetic task."""
+"""Study C's pure pieces (critical point, init specs, config checks, summaries) and its quick
+run on a synthetic task, in-process."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from isometry import accuracy_study as acc
 from isometry import meanfield
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry import train
+from isometry.studies import accuracy as acc
+from isometry.studies import harness
 
 
 @pytest.mark.parametrize("sigma_b", [0.0, 0.05, 0.3])
@@ -69,41 +67,30 @@ def test_config_validation(overrides, message):
     acc.StudyConfig(**overrides)
 
 
-def test_summarize_run():
+def test_summarize():
   def member(seed, curve, test, status="done"):
     return {"config": {"label": "a", "seed": seed}, "status": status,
             "initial": {"val_accuracy": 0.1},
             "epochs": [{"val_accuracy": v} for v in curve], "test_accuracy": test}
-  metrics = {"members": [member(1, [0.5, 0.4], 0.45), member(0, [0.3, 0.6], 0.55, "diverged"),
+  config = train.TrainConfig(members=(train.Member("a", seed=1), train.Member("a", seed=0),
+                                      train.Member("a", seed=2), train.Member("b", seed=0)))
+  metrics = {"members": [member(1, [0.5, 0.4], 0.45), member(0, [0.3, 0.6], 0.55),
+                         member(2, [0.2, None], None, "diverged"),
                          {"config": {"label": "b", "seed": 0}}]}
-  s = acc.summarize_run(metrics, "a", 2)
-  np.testing.assert_allclose(s["test_accuracy"], [0.55, 0.45])  # sorted by seed
-  np.testing.assert_allclose(s["best_val_accuracy"], [0.6, 0.5])
-  np.testing.assert_allclose(s["val_curves"], [[0.1, 0.3, 0.6], [0.1, 0.5, 0.4]])
+  s = acc.summarize(harness.SweepResult(config, metrics), "a")
+  np.testing.assert_allclose(s["test_accuracy"], [0.55, 0.45, np.nan])  # by seed
+  np.testing.assert_allclose(s["best_val_accuracy"], [0.6, 0.5, np.nan])  # diverged: missing
+  np.testing.assert_allclose(s["val_curves"], [[0.1, 0.3, 0.6], [0.1, 0.5, 0.4],
+                                               [0.1, 0.2, np.nan]])
   assert s["diverged"] == 1
   assert s["test_accuracy_mean"] == pytest.approx(0.5)
   # t_{0.975, 1} = 12.706, s = 0.0707, n = 2: half-width 0.6353.
   assert s["test_accuracy_ci95"] == pytest.approx(12.7062 * 0.1 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
-  with pytest.raises(ValueError, match="expected 3 members"):
-    acc.summarize_run(metrics, "a", 3)
 
 
-def _script(*args):
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_accuracy.py"),
-                         *args], capture_output=True, text=True, cwd=REPO, timeout=600)
-
-
-def test_script_bad_flag_exits_2(tmp_path):
-  result = _script("--seeds=1", f"--out_dir={tmp_path}")
-  assert result.returncode == 2
-  assert result.stderr.strip().count("\n") == 0 and "seeds must be >= 2" in result.stderr
-  assert not os.listdir(tmp_path)
-
-
-def test_script_quick_mode(tmp_path):
+def test_quick_run(tmp_path):
   out = tmp_path / "c"
-  result = _script("--quick", f"--out_dir={out}")
-  assert result.returncode == 0, result.stderr[-2000:]
+  acc.run(acc.StudyConfig.quick(), str(out))
   with open(out / "study.json") as f:
     study = json.load(f)
   assert study["depths"] == [1, 3]

@@ -1,16 +1,13 @@
 """Study E: its sweeps pair every penalized member with an unpenalized twin, its statistics
-against hand computations, and the script end to end in --quick mode."""
+against hand computations, and its quick run in-process."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from isometry import benefit_study as bs
 from isometry import io
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry.studies import benefit as bs
+from isometry.studies import harness
 
 
 def test_paired_difference_matches_hand_computation():
@@ -68,24 +65,26 @@ def test_every_penalized_member_has_an_unpenalized_twin():
 
 
 def test_per_seed_reads_best_val_and_drops_diverged_members():
-  def member(seed, status, vals, test):
-    return {"config": {"label": "row_reg1", "seed": seed}, "status": status,
+  def member(seed, reg, status, vals, test):
+    return {"config": {"label": f"row_reg{reg:g}", "seed": seed}, "status": status,
             "initial": {"val_accuracy": 0.1},
             "epochs": [{"val_accuracy": v} for v in vals], "test_accuracy": test}
-  members = [member(0, "done", [0.3, 0.5, 0.4], 0.45), member(1, "diverged", [0.2, None, None], None),
-             {"config": {"label": "row_reg0", "seed": 0}}]
-  values, curves = bs._per_seed(members, "row_reg1", seeds=2)
-  np.testing.assert_array_equal(values["best_val_accuracy"], [0.5, np.nan])
-  np.testing.assert_array_equal(values["test_accuracy"], [0.45, np.nan])
-  np.testing.assert_array_equal(curves, [[0.1, 0.3, 0.5, 0.4], [0.1, 0.2, np.nan, np.nan]])
+  config = bs.rnn_train_config(bs.StudyConfig(seeds=2, max_train_examples=None), "row")
+  metrics = {"members": [member(0, 0.0, "done", [0.2, 0.2, 0.2], 0.2),
+                         member(1, 0.0, "done", [0.2, 0.2, 0.2], 0.2),
+                         member(0, 1.0, "done", [0.3, 0.5, 0.4], 0.45),
+                         member(1, 1.0, "diverged", [0.2, None, None], None)]}
+  result = harness.SweepResult(config, metrics)
+  np.testing.assert_array_equal(result.per_seed("best_val_accuracy", reg_strength=1.0),
+                                [0.5, np.nan])
+  np.testing.assert_array_equal(result.per_seed("test_accuracy", reg_strength=1.0), [0.45, np.nan])
+  np.testing.assert_array_equal(result.history("val_accuracy", reg_strength=1.0),
+                                [[0.1, 0.3, 0.5, 0.4], [0.1, 0.2, np.nan, np.nan]])
 
 
 def test_quick_run_writes_study_and_figures(tmp_path):
   out = tmp_path / "e"
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_benefit.py"),
-                         "--quick", f"--out_dir={out}"], capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  bs.run(bs.StudyConfig.quick(), str(out))
   study = io.read_json(out / "study.json")
   assert set(study["depths"]) == {"2", "4"} and set(study["tasks"]) == {"row", "pixel"}
   # Synthetic 6 x 6 images: 6 rows of 6, or 36 pixels of 1.
@@ -106,14 +105,3 @@ def test_quick_run_writes_study_and_figures(tmp_path):
     assert os.path.getsize(out / name) > 1000
   for run in ("mlp", "rnn_row", "rnn_pixel"):
     assert io.read_json(out / run / "status.json")["status"] == "done"
-
-
-@pytest.mark.parametrize("flag, word", [("--tasks=permuted", "permuted"), ("--depths=2,x", "depths"),
-                                        ("--seeds=1", "seeds")])
-def test_bad_flag_exits_2_with_one_line(tmp_path, flag, word):
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_benefit.py"), flag,
-                         f"--out_dir={tmp_path / 'e'}"], capture_output=True, text=True,
-                        timeout=120)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and word in proc.stderr
-  assert not os.path.exists(tmp_path / "e")

@@ -1,20 +1,19 @@
-"""Study D: arm -> TrainConfig mapping, summaries against hand computations, and a smoke run."""
+"""Study D: arm -> TrainConfig mapping, summaries against hand computations, and a quick run
+in-process."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from isometry import constraint_study as cs
 from isometry import io
 from isometry import stats
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry import train
+from isometry.studies import constraints as cs
+from isometry.studies import harness
 
 
 def test_arms_map_to_their_constraint_and_penalty():
-  config = cs.StudyConfig(seeds=3, reg_strength=0.05, gain=1.1, synthetic_data=True)
+  config = cs.StudyConfig(seeds=3, reg_strength=0.05, gain=1.1, synthetic=True)
   names = cs.arm_names(config)
   assert names == ("none", "soft", "projection", "cayley", "expm", "margin0", "margin0.01",
                    "margin0.1", "margin1")
@@ -48,67 +47,63 @@ def test_bad_settings_are_rejected(kwargs, match):
 def _member(seed, val, test, sv, status="done"):
   """A metrics.json member with per-epoch val accuracies and (min, mean, max) singular values."""
   summary = lambda s: {"min": s[0], "mean": s[1], "max": s[2], "std": 0.0}
-  return {"config": {"seed": seed}, "status": status, "test_accuracy": test,
-          "initial": {"singular_values": summary(sv[0])},
+  return {"config": {"label": "arm", "seed": seed}, "status": status, "test_accuracy": test,
+          "initial": {"singular_values": summary(sv[0]), "val_accuracy": 0.1},
           "epochs": [{"val_accuracy": v, "singular_values": summary(s)}
                      for v, s in zip(val, sv[1:])]}
 
 
-def _metrics():
-  return {"members": [
+def _result():
+  metrics = {"members": [
       _member(0, [0.5, 0.7, 0.6], 0.65, [(1, 1, 1), (0.9, 1.0, 1.1), (0.8, 1.0, 1.3),
                                          (0.7, 1.0, 1.4)]),
       _member(1, [0.4, 0.5, 0.8], 0.75, [(1, 1, 1), (0.7, 1.0, 1.3), (0.6, 1.0, 1.5),
                                          (0.5, 1.0, 1.6)]),
       _member(2, [0.1, None, None], None, [(1, 1, 1), (0.1, 2.0, 9.0), (0.1, 2.0, 9.0),
                                            (0.1, 2.0, 9.0)], status="diverged")]}
+  config = train.TrainConfig(members=tuple(train.Member("arm", seed=s) for s in range(3)))
+  return harness.SweepResult(config, metrics)
 
 
 def test_summaries_match_hand_computation():
-  metrics = _metrics()
-  best = cs.per_seed(metrics, "best_val_accuracy", 3)
+  result = _result()
+  best = result.per_seed("best_val_accuracy")
   np.testing.assert_array_equal(best[:2], [0.7, 0.8])
   assert np.isnan(best[2])  # diverged seeds count as missing.
-  test = stats.interval(cs.per_seed(metrics, "test_accuracy", 3))
+  test = stats.interval(result.per_seed("test_accuracy"))
   # Two values 0.65, 0.75: s = 0.0707107, t_{0.975, 1} = 12.7062047 (scipy.stats.t.ppf).
   assert test["n"] == 2 and test["mean"] == pytest.approx(0.70, abs=1e-12)
   assert test["ci95"] == pytest.approx(12.7062047 * 0.0707107 / np.sqrt(2), rel=1e-6)
-  sv = cs.singular_value_trajectory(metrics)
+  sv = cs.singular_value_trajectory(result)
   assert sv["epoch"] == [0, 1, 2, 3]
   np.testing.assert_allclose(sv["min"], [1.0, 0.8, 0.7, 0.6])
   np.testing.assert_allclose(sv["max"], [1.0, 1.2, 1.4, 1.5])
   np.testing.assert_allclose(sv["min_over_seeds"], [1.0, 0.7, 0.6, 0.5])
   np.testing.assert_allclose(sv["max_over_seeds"], [1.0, 1.3, 1.5, 1.6])
-  curve = cs.val_curve(metrics, 3)
+  curve = cs.val_curve(result)
   np.testing.assert_allclose(curve["mean"], [(0.5 + 0.4 + 0.1) / 3, 0.6, 0.7])
   timing = cs.timing({"epoch_seconds": [9.0, 2.0, 4.0, 3.0], "steps_per_epoch": 100})
   assert timing["epoch_seconds_median"] == 3.0 and timing["ms_per_step"] == pytest.approx(30.0)
   assert timing["first_epoch_seconds"] == 9.0 and timing["total_seconds"] == 18.0
 
 
-def test_paired_difference_matches_hand_computation():
-  arm = np.array([0.80, 0.82, 0.81, np.nan, 0.83])
-  none = np.array([0.79, 0.80, 0.81, 0.70, 0.80])
-  d = np.array([0.01, 0.02, 0.0, 0.03])  # the NaN seed is dropped with its partner.
-  result = cs.paired_difference(arm, none)
-  assert result["n_pairs"] == 4 and result["wins"] == 3
-  assert result["mean_difference"] == pytest.approx(0.015, abs=1e-12)
-  # t_{0.975, 3} = 3.182446305284263; paired t = 0.015 / (0.0129099 / 2) = 2.3238, p = 0.1028.
-  assert result["ci95"] == pytest.approx(3.182446305284263 * np.std(d, ddof=1) / 2, rel=1e-9)
-  assert result["p_value"] == pytest.approx(0.1028, abs=2e-4)
-  assert result["verdict"] == "no difference resolved"
-  assert cs.paired_difference(arm - 0.1, none)["verdict"] == "worse"
-  assert cs.paired_difference(arm + 0.1, none)["verdict"] == "better"
+def test_paired_comparisons_to_none_use_the_seeds_values():
+  arms = {"none": {m: {"values": [0.79, 0.80, 0.81, 0.70, 0.80]} for m in cs.METRICS},
+          "soft": {m: {"values": [0.80, 0.82, 0.81, np.nan, 0.83]} for m in cs.METRICS}}
+  paired = cs.compare_to_baseline(arms)
+  assert set(paired) == {"soft"}
+  for metric in cs.METRICS:
+    assert paired["soft"][metric]["n_pairs"] == 4 and paired["soft"][metric]["wins"] == 3
+    assert paired["soft"][metric]["verdict"] == "no difference resolved"
+  assert cs.compare_to_baseline({"soft": arms["soft"]}) == {}
 
 
 def test_quick_run_keeps_the_constraints(tmp_path):
   out = tmp_path / "d"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "study_constraints.py"), "--quick",
-       "--arms=none,projection,cayley,expm", "--margins=0,0.1", f"--out_dir={out}"],
-      capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  config = cs.StudyConfig.quick(arms=("none", "projection", "cayley", "expm"), margins=(0, 0.1))
+  returned = cs.run(config, str(out))
   study = io.read_json(out / "study.json")
+  assert study["arms"].keys() == returned["arms"].keys()
   arms = study["arms"]
   assert list(arms) == ["none", "projection", "cayley", "expm", "margin0", "margin0.1"]
   gain = study["config"]["gain"]
@@ -131,12 +126,3 @@ def test_quick_run_keeps_the_constraints(tmp_path):
   assert set(study["paired_vs_none"]) == {"projection", "cayley", "expm", "margin0", "margin0.1"}
   for name in ("D_accuracy.png", "D_singular_values.png", "D_val_curves.png"):
     assert os.path.getsize(out / name) > 1000
-
-
-def test_bad_flag_exits_2_with_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "study_constraints.py"), "--margins=2",
-       f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and "margins" in proc.stderr
-  assert not os.listdir(tmp_path)

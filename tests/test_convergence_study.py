@@ -1,25 +1,20 @@
-"""Study B's core functions against closed forms, and the script in --quick mode.
+"""Study B's core functions against closed forms, and its quick run in-process.
 
 Closed forms: a one-matrix linear network under gradient descent at rate lr on
 1/2 ||W - M||^2 has W_t - M = (1 - lr)^t (W_0 - M), so its relative error decays as
 (1 - lr)^(2t) exactly; at an orthogonal init every partial product is an isometry, so one step at
 lr0 / D moves the end-to-end map by -lr0 (W - M) up to O(lr0^2) (Saxe et al. 2014).
 """
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import convergence_study as cs
 from isometry import io
 from isometry import meanfield
 from isometry import models
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry.studies import convergence as cs
 
 
 def test_masked_product_matches_explicit_product(key):
@@ -116,25 +111,18 @@ def test_prepare_inputs_put_the_first_layer_at_q_star(key):
 
 def test_config_rejects_bad_values():
   with pytest.raises(ValueError, match="linear_out"):
-    cs.ConvergenceStudyConfig(linear_out=32)
+    cs.StudyConfig(linear_out=32)
   with pytest.raises(ValueError, match="seeds"):
-    cs.ConvergenceStudyConfig(seeds=1)
+    cs.StudyConfig(seeds=1)
   with pytest.raises(ValueError, match="inits"):
-    cs.ConvergenceStudyConfig(inits=("glorot_uniform",))
+    cs.StudyConfig(inits=("glorot_uniform",))
   with pytest.raises(ValueError, match="tanh_depths"):
-    cs.ConvergenceStudyConfig(tanh_depths=(0, 2))
+    cs.StudyConfig(tanh_depths=(0, 2))
 
 
-def _script(*args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_convergence.py"),
-                         *args], capture_output=True, text=True, env=env, timeout=600)
-
-
-def test_script_quick_mode(tmp_path):
+def test_quick_run(tmp_path):
   out = tmp_path / "b"
-  result = _script("--quick", f"--out_dir={out}")
-  assert result.returncode == 0, result.stderr[-3000:]
+  cs.run(cs.StudyConfig.quick(), str(out))
   saved = io.read_json(out / "convergence.json")
   linear = saved["linear"]
   assert [(e["depth"], e["init"]) for e in linear["summary"]] == [
@@ -149,18 +137,3 @@ def test_script_quick_mode(tmp_path):
     assert curves["tanh"].shape == (3, 2, 5, 41)
   for name in ("B1_steps_vs_depth.png", "B2_loss_curves.png"):
     assert (out / name).stat().st_size > 1000
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--linear_out=64"], "linear_out"),
-    (["--tanh_depths=2,x"], "--tanh_depths"),
-    (["--q_star=-1"], "q_star"),
-    (["--data_dir={tmp}"], "IDX"),
-])
-def test_script_bad_flags_exit_2_before_any_file(tmp_path, args, message):
-  out = tmp_path / "out"
-  result = _script(*[a.format(tmp=tmp_path) for a in args], f"--out_dir={out}")
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], result.stderr
-  assert not out.exists()

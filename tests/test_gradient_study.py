@@ -16,9 +16,11 @@ import pytest
 from scipy import special
 
 from isometry import data
-from isometry import gradient_study as gs
 from isometry import io
 from isometry import meanfield
+from isometry.studies import gradients as gs
+from isometry.studies import gradients_rnn
+from isometry.studies import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,13 +141,19 @@ def test_log_slope_recovers_a_line():
 
 
 def test_summarize_rnn_by_hand():
-  def member(gain, seed, init, last, acc):
-    return {"config": {"gain": gain, "seed": seed}, "initial": {"grad_norm_through_time": init},
+  def member(label, seed, init, last, acc):
+    return {"config": {"label": label, "seed": seed}, "status": "done",
+            "initial": {"grad_norm_through_time": init},
             "epochs": [{"grad_norm_through_time": last}], "test_accuracy": acc}
-  metrics = {"members": [member(1.0, 0, [0.01, 1.0], [1.0, 1.0], 0.5),
-                         member(1.0, 1, [0.001, 1.0], [10.0, 1.0], 0.7)],
+  config = gs.StudyConfig(rnn_gains=(1.0,), rnn_seeds=2)
+  sweep = gradients_rnn.rnn_train_config(config)
+  label = sweep.members[0].label
+  metrics = {"members": [member(label, 0, [0.01, 1.0], [1.0, 1.0], 0.5),
+                         member(label, 1, [0.001, 1.0], [10.0, 1.0], 0.7)],
              "grad_norm_time_steps": [0, 1]}
-  (entry,) = gs.summarize_rnn(metrics)["gains"]
+  summary = gradients_rnn.summarize_rnn(harness.SweepResult(sweep, metrics), config.rnn_gains)
+  assert summary["time_steps"] == [0, 1]
+  (entry,) = summary["gains"]
   assert entry["gain"] == 1.0 and entry["seeds"] == 2
   assert entry["initial"]["log10_first_over_last_mean"] == pytest.approx(-2.5)
   assert entry["trained"]["log10_first_over_last_mean"] == pytest.approx(0.5)
@@ -157,11 +165,11 @@ def test_summarize_rnn_by_hand():
 
 def test_config_rejects_bad_values():
   with pytest.raises(ValueError, match="one value per activation"):
-    gs.GradientStudyConfig(sigma_b=(0.1,))
+    gs.StudyConfig(sigma_b=(0.1,))
   with pytest.raises(ValueError, match="seeds must be >= 2"):
-    gs.GradientStudyConfig(seeds=1)
+    gs.StudyConfig(seeds=1)
   with pytest.raises(ValueError, match="unknown activation"):
-    gs.GradientStudyConfig(activations=("swish",), sigma_b=(0.0,))
+    gs.StudyConfig(activations=("swish",), sigma_b=(0.0,))
 
 
 def test_data_dir_resolution(tmp_path):
@@ -196,18 +204,3 @@ def test_script_quick_mode(tmp_path):
                "rnn/metrics.json"):
     assert (out / name).stat().st_size > 1000
   assert not (out / "rnn" / "checkpoint.npz").exists()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--sigma_b=0.1"], "one value per activation"),
-    (["--sigma_w_factors=1,x"], "--sigma_w_factors"),
-    (["--depth=1"], "depth"),
-    (["--data_dir={tmp}"], "IDX"),
-])
-def test_script_bad_flags_exit_2_before_any_file(tmp_path, args, message):
-  out = tmp_path / "out"
-  result = _script(*[a.format(tmp=tmp_path) for a in args], f"--out_dir={out}")
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and message in lines[0], result.stderr
-  assert not out.exists()

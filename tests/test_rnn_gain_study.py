@@ -1,23 +1,18 @@
 """The gain study: its Jacobians and growth rates against dense references, the training seeds'
-input kernels, the paired statistics, and the script end to end on tiny synthetic data."""
+input kernels, and its quick run on tiny synthetic data, in-process."""
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 from isometry import data
 from isometry import models
-from isometry import rnn_gain_study as study
 from isometry import rnn_meanfield as rm
-from isometry import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry.studies import harness
+from isometry.studies import rnn_gain as study
+from isometry.studies import rnn_gain_theory as theory
 
 
 def _explicit_jacobian(params, x):
@@ -36,11 +31,11 @@ def test_data_rnn_jacobian_and_growth_rate_match_the_explicit_product(key):
   k_init, k_x, k_u = jax.random.split(key, 3)
   steps, dim, width = 5, 3, 6
   with jax.enable_x64(True):
-    params = study.init_rnn(k_init, 1.3, dim, width, rm.glorot_variance(dim, width))
+    params = theory.init_rnn(k_init, 1.3, dim, width, rm.glorot_variance(dim, width))
     x = jax.random.uniform(k_x, (2, steps, dim), jnp.float64)
     u = jax.random.normal(k_u, (4, 2, width), jnp.float64)
-    jac = study.data_rnn_jacobian(params, x[0])
-    q, rate = study.measure_growth(params, x, u)
+    jac = theory.data_rnn_jacobian(params, x[0])
+    q, rate = theory.measure_growth(params, x, u)
   expected = _explicit_jacobian(params, x[0])
   # float64 products of 5 small matrices: agreement to rounding.
   np.testing.assert_allclose(jac, expected, rtol=1e-12, atol=1e-14)
@@ -64,8 +59,8 @@ def test_init_rnn_is_the_keras_model_at_its_width_and_rescales_the_drive_elsewhe
   dim, hidden = 4, 8
   variance = rm.glorot_variance(dim, hidden)
   with jax.enable_x64(True):
-    model = study.init_rnn(key, 1.2, dim, hidden, variance)
-    wide = study.init_rnn(key, 1.2, dim, 32, variance)
+    model = theory.init_rnn(key, 1.2, dim, hidden, variance)
+    wide = theory.init_rnn(key, 1.2, dim, 32, variance)
     recurrent = jax.nn.initializers.orthogonal()
     keras = models.init_rnn(key, dim, hidden, 10, lambda k, s, d: 1.2 * recurrent(k, s, d),
                                   jnp.float64)
@@ -78,37 +73,31 @@ def test_init_rnn_is_the_keras_model_at_its_width_and_rescales_the_drive_elsewhe
   assert np.max(np.abs(wide["input"])) > 0.8 * np.sqrt(3 * variance)
 
 
-def test_seed_input_kernel_is_the_one_the_training_sweep_draws():
-  dataset = data.synthetic_dataset(num_train=32, num_val=8, num_test=8, side=6)
-  config = train.TrainConfig(members=train.product_members(gains=(1.0, 1.3), seeds=2),
-                             hidden=8, batch_size=8, epochs=1, unroll=1, val_size=8,
-                             eval_batch_size=8)
-  arrays = train.prepare_arrays(config, dataset)
-  program = train.make_train(config, arrays)
-  hparams = jax.device_put(train.hparams_of(config.members, ("orthogonal",)),
-                           program.member_sharding)
-  states = program.init(hparams)
-  for i, member in enumerate(config.members):
-    np.testing.assert_array_equal(np.asarray(states["params"]["input"][i]),
-                                  study.seed_input_kernel(member.seed, 6, 8))
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+  """The quick study, run once for the tests of this module: (its folder, study.json content)."""
+  out = tmp_path_factory.mktemp("gain")
+  return out, study.run(study.StudyConfig.quick(), str(out))
 
 
-def test_paired_difference_matches_scipy_and_ignores_missing_seeds():
-  a = np.array([0.81, 0.83, 0.80, np.nan, 0.84])
-  b = np.array([0.80, 0.80, 0.81, 0.79, 0.82])
-  d = study.paired_difference(a, b)
-  diff = np.array([0.01, 0.03, -0.01, 0.02])
-  assert d["n_pairs"] == 4 and d["wins"] == 3
-  assert d["mean_difference"] == pytest.approx(diff.mean())
-  half = stats.t.ppf(0.975, 3) * diff.std(ddof=1) / 2
-  assert d["ci95"] == pytest.approx(half)
-  assert d["p_value"] == pytest.approx(stats.ttest_1samp(diff, 0.0).pvalue)
+def test_seed_input_kernels_are_the_ones_the_training_sweep_draws(quick_run):
+  # The quick run's own sweep and images, so that the init it compiled serves here too. U
+  # depends on the seed alone: every member (each gain, each penalty) starts from its seed's.
+  config = study.StudyConfig.quick()
+  dataset = study.load(config)
+  kernels = study.seed_input_kernels(config, dataset)
+  assert kernels.shape == (config.seeds, 8, config.hidden)
+  sweep = study.train_config(config, quick_run[1]["theory"]["g_star"])
+  params = harness.initial_params(sweep, dataset)
+  for i, member in enumerate(sweep.members):
+    np.testing.assert_array_equal(params["input"][i], kernels[member.seed])
+  assert not np.array_equal(kernels[0], kernels[1])
 
 
 def test_crossing_interpolates_the_sign_change():
-  assert study._crossing(np.array([1.0, 2.0, 3.0]), np.array([-0.2, 0.2, 0.5])) == \
+  assert theory._crossing(np.array([1.0, 2.0, 3.0]), np.array([-0.2, 0.2, 0.5])) == \
       pytest.approx(1.5)
-  assert study._crossing(np.array([1.0, 2.0]), np.array([0.1, 0.2])) is None
+  assert theory._crossing(np.array([1.0, 2.0]), np.array([0.1, 0.2])) is None
 
 
 def test_config_rejects_bad_values():
@@ -121,45 +110,23 @@ def test_config_rejects_bad_values():
   assert data.resolve_data_dir("mnist", None) is None
 
 
-def _script(*flags):
-  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "study_rnn_gain.py"),
-                         *flags], capture_output=True, text=True, timeout=600)
-
-
-def test_quick_run_writes_every_result(tmp_path):
-  proc = _script("--quick", f"--out_dir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_run_writes_every_result(quick_run):
+  tmp_path, returned = quick_run
   for name in ("study.json", "meanfield.png", "spectra.png", "accuracy.png"):
     assert (tmp_path / name).stat().st_size > 1000, name
   result = json.loads((tmp_path / "study.json").read_text())
   th = result["theory"]
   assert result["dataset"] == "synthetic"
-  assert set(th["critical_gain"]) == set(study.READINGS)
+  assert set(th["critical_gain"]) == set(theory.READINGS)
   assert th["g_star"] == th["critical_gain"]["per_example"]
   # Uniform [0, 1] pixels: E x^2 = 1/3, so q_in = 8 / 3 * 2 / (8 + 16) over the 8-pixel rows
   # (64 images: the sample mean is within a few percent).
   assert th["q_in_mean"] == pytest.approx(8 / 3 * 2 / 24, rel=0.05)
   assert [c["gain"] for c in result["spectra"]][1:] == [1.0, 1.025, 1.25]
   for case in result["spectra"]:
-    assert set(case["measured"]) == set(study.VARIANTS)
+    assert set(case["measured"]) == set(theory.VARIANTS)
   summary = result["training"]["summary"]
+  assert returned["training"]["gains"] == result["training"]["gains"]
   assert result["training"]["gains"][0] == round(th["g_star"], 3)
   assert len(summary["results"]) == 8 and len(summary["comparisons"]) == 6
   assert (tmp_path / "training" / "metrics.json").exists()
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--seeds=1"], "seeds"),
-    (["--hand_gains=1,abc"], "hand_gains"),
-    (["--dataset=cifar10"], "dataset"),
-    (["--reg_strength=0"], "reg_strength"),
-    (["--data_dir=/no/such/folder"], "data_dir"),
-    (["stray"], "unexpected arguments"),
-])
-def test_script_rejects_bad_flags_with_one_line_and_exit_2(flags, message, tmp_path):
-  out = tmp_path / "out"
-  proc = _script(f"--out_dir={out}", *flags)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  errors = [line for line in proc.stderr.splitlines() if "error" in line]
-  assert len(errors) == 1 and message in errors[0], proc.stderr
-  assert not out.exists()

@@ -1,16 +1,13 @@
-"""The seed-claim study: its sweeps, its statistics against hand computations, and a smoke run."""
+"""The seed-claim study: its sweeps, its statistics against hand computations, and a quick run
+in-process."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from isometry import io
 from isometry import regularizers
-from isometry import seed_claim
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from isometry.studies import seed_claim
 
 
 def test_sweeps_hold_the_presets_and_scale_the_paper_penalty_to_a_mean(key):
@@ -48,17 +45,14 @@ def test_paired_comparison_matches_hand_computation():
 
 def test_bad_settings_are_rejected():
   with pytest.raises(ValueError, match="formula"):
-    seed_claim.SeedClaimConfig(formulas=("eq11",))
+    seed_claim.StudyConfig(formulas=("eq11",))
   with pytest.raises(ValueError, match="seeds"):
-    seed_claim.SeedClaimConfig(seeds=1)
+    seed_claim.StudyConfig(seeds=1)
 
 
 def test_quick_run_writes_summary_and_figure(tmp_path):
   out = tmp_path / "claim"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "seed_claim.py"), "--quick",
-       "--presets=configs2", f"--out_dir={out}"], capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  seed_claim.run(seed_claim.StudyConfig.quick(presets=("configs2",)), str(out))
   summary = io.read_json(out / "summary.json")
   assert set(summary["runs"]) == {"configs2_notebook", "configs2_paper"}
   # configs2 has two strengths; both formulas compare adjusted with unadjusted at each.
@@ -67,12 +61,3 @@ def test_quick_run_writes_summary_and_figure(tmp_path):
     for metric in seed_claim.METRICS:
       assert summary["pooled"][formula][metric]["n_pairs"] == 2
   assert os.path.getsize(out / "seed_claim.png") > 10_000
-
-
-def test_bad_flag_exits_2_with_one_line(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "seed_claim.py"), "--presets=configs9",
-       f"--out_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().count("\n") == 0 and "configs9" in proc.stderr
-  assert not os.listdir(tmp_path)

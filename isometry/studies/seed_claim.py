@@ -24,47 +24,50 @@ when it covers 0; "pooled" averages, per seed, the differences over presets and 
 seed is the independent unit: cells with one seed share its init and batch order).
 
 Each (preset, formula) is one `isometry.train` sweep (every configuration and seed in one
-compiled program) in its own folder under out_dir, resumed if already there, so an interrupted
-study loses no finished epoch.
+compiled program) in its own folder under out_dir, run by `harness.run_sweeps`, so an
+interrupted study loses no finished epoch.
 """
 import dataclasses
-import os
-from typing import Optional, Sequence
+from typing import Optional, Tuple
 
 import numpy as np
 from absl import logging
 
 from isometry import data
-from isometry import io
-from isometry import stats
+from isometry import plots
 from isometry import presets as seed_presets
+from isometry import stats
 from isometry import train
+from isometry.studies import harness
 
 PRESETS = ("configs2", "configs3")
 FORMULAS = {"notebook": "notebook_so", "paper": "so"}
-DEFAULT_DATA_DIR = data.OFFLINE_DIRS["fashion_mnist"]
 METRICS = ("best_val_accuracy", "test_accuracy")
+SUMMARY = "summary.json"
+# What the claim's paired comparison calls an interval above 0, below 0, covering 0.
+VERDICTS = ("confirmed", "refuted", "not supported")
 
 
 @dataclasses.dataclass(frozen=True)
-class SeedClaimConfig:
+class StudyConfig(harness.DataConfig):
   """The study's settings (the seed's training settings unless noted).
 
   Attributes:
-    dataset: mnist, fashion_mnist or cifar10 (row task: 28 x 28 images only).
-    data_dir: folder with the IDX files, or a TFDS data dir; None downloads with TFDS.
-    presets: which of PRESETS to run.
-    formulas: which of FORMULAS to run.
+    dataset: mnist or fashion_mnist (row task: 28 x 28 images).
+    data_dir: folder with the IDX files, or a TFDS data dir; None (or empty): the offline copy
+      of the dataset where this machine has one, else TFDS (downloads).
+    presets: which of configs2, configs3 to run.
+    formulas: which penalty formulas to run: notebook (mean((W^T W/g^2 - 1)^2)) and/or paper
+      (eq. 11, ||W^T W/g^2 - I||_F^2 / H^2).
     seeds: seeds 0..seeds-1 per configuration (>= 2 for confidence intervals).
     epochs: training epochs (the seed: 50).
     hidden, lr, batch_size, val_size: as in `isometry.train.TrainConfig`.
     max_train_examples: keep only the first n training examples (smoke runs).
     unroll: scan unroll over time.
+    synthetic: train on 64 random 28 x 28 images instead (smoke runs; nothing to learn).
   """
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = DEFAULT_DATA_DIR
-  presets: Sequence[str] = PRESETS
-  formulas: Sequence[str] = tuple(FORMULAS)
+  presets: Tuple[str, ...] = PRESETS
+  formulas: Tuple[str, ...] = tuple(FORMULAS)
   seeds: int = 5
   epochs: int = 10
   hidden: int = seed_presets.SEED_HIDDEN
@@ -77,16 +80,21 @@ class SeedClaimConfig:
   def __post_init__(self):
     object.__setattr__(self, "presets", tuple(self.presets))
     object.__setattr__(self, "formulas", tuple(self.formulas))
-    for name in self.presets:
-      if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    for name in self.formulas:
-      if name not in FORMULAS:
-        raise ValueError(f"unknown formula {name!r}; choose from {', '.join(FORMULAS)}")
-    if not self.presets or not self.formulas:
-      raise ValueError("choose at least one preset and one formula")
-    if self.seeds < 2:
-      raise ValueError(f"seeds must be >= 2 for confidence intervals, got {self.seeds}")
+    harness.check_choices(self, "presets", PRESETS, allow_empty=False)
+    harness.check_choices(self, "formulas", tuple(FORMULAS), allow_empty=False)
+    harness.check_seeds(self)
+    harness.check_at_least(self, ("epochs", "hidden", "batch_size", "val_size", "unroll"))
+    harness.check_positive(self, ("lr",))
+    harness.check_examples(self, "max_train_examples", "batch_size")
+    harness.check_data(self, ("mnist", "fashion_mnist"), "28 x 28 images, read row by row")
+
+  @classmethod
+  def quick(cls, **overrides) -> "StudyConfig":
+    """A smoke run in seconds: 64 random images, hidden 8, 2 seeds, 1 epoch."""
+    settings = dict(synthetic=True, seeds=2, epochs=1, hidden=8, batch_size=16, val_size=16,
+                    unroll=1)
+    settings.update(overrides)
+    return cls(**settings)
 
 
 def is_regularized(label: str) -> bool:
@@ -103,11 +111,11 @@ def sweep_members(preset: str, formula: str, seeds: int, hidden: int, lr: float)
                for m in members if m.reg_strength > 0)
 
 
-def train_config(config: SeedClaimConfig, preset: str, formula: str) -> train.TrainConfig:
+def train_config(config: StudyConfig, preset: str, formula: str) -> train.TrainConfig:
   return train.TrainConfig(
       members=sweep_members(preset, formula, config.seeds, config.hidden, config.lr),
-      model="rnn", dataset=config.dataset, data_dir=config.data_dir, task="row",
-      hidden=config.hidden, regularizer=FORMULAS[formula], optimizer="adam",
+      model="rnn", **config.train_data(),
+      task="row", hidden=config.hidden, regularizer=FORMULAS[formula], optimizer="adam",
       batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
       val_size=config.val_size, max_train_examples=config.max_train_examples, preset=preset)
 
@@ -116,43 +124,17 @@ def run_name(preset: str, formula: str) -> str:
   return f"{preset}_{formula}"
 
 
-def _per_seed(members: list, label: str, metric: str, seeds: int) -> np.ndarray:
-  """(seeds,) values of `metric` for `label`, NaN for a diverged or missing member."""
-  values = np.full(seeds, np.nan)
-  for m in members:
-    if m["config"]["label"] != label or m["status"] != "done":
-      continue
-    if metric == "test_accuracy":
-      value = m.get("test_accuracy")
-    else:
-      accuracies = [e["val_accuracy"] for e in m["epochs"] if e["val_accuracy"] is not None]
-      value = max(accuracies) if accuracies else None
-    if value is not None:
-      values[m["config"]["seed"]] = value
-  return values
-
-
-def _verdict(mean: float, half: float) -> str:
-  if not np.isfinite(half):
-    return "undetermined"
-  if mean - half > 0:
-    return "confirmed"
-  if mean + half < 0:
-    return "refuted"
-  return "not supported"
-
-
 def paired_comparison(adjusted: np.ndarray, unadjusted: np.ndarray) -> dict:
-  """Adjusted - unadjusted, paired by seed (`stats.paired_difference`), with the claim's
-  verdict; "adjusted_wins" counts the seeds where the adjusted penalty won."""
-  result = stats.paired_difference(adjusted, unadjusted)
+  """Adjusted - unadjusted, paired by seed (`harness.compare`), with the claim's verdict;
+  "adjusted_wins" counts the seeds where the adjusted penalty won."""
+  result = harness.compare(adjusted, unadjusted, VERDICTS)
   result["adjusted_wins"] = result.pop("wins")
-  result["verdict"] = _verdict(result["mean_difference"], result["ci95"])
+  result["verdict"] = result.pop("verdict")
   return result
 
 
-def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
-  """Reads the finished sweeps under out_dir and returns the summary (see module docstring)."""
+def analyse(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
+  """The summary of the finished sweeps (see module docstring)."""
   summary = {"config": dataclasses.asdict(config), "dataset": config.dataset, "runs": {},
              "comparisons": [], "pooled": {}}
   # Per formula and metric, the paired differences of every (preset, strength) cell by seed.
@@ -160,11 +142,10 @@ def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
   for formula in config.formulas:
     for preset in config.presets:
       name = run_name(preset, formula)
-      metrics = io.read_json(os.path.join(out_dir, name, "metrics.json"))
-      members = metrics["members"]
-      labels = list(dict.fromkeys(m["config"]["label"] for m in members))
+      result = sweeps[name]
+      labels = list(dict.fromkeys(m.label for m in result.config.members))
       summary["runs"][name] = {
-          label: {metric: stats.interval(_per_seed(members, label, metric, config.seeds))
+          label: {metric: stats.interval(result.per_seed(metric, label=label))
                   for metric in METRICS} for label in labels}
       for p in seed_presets.get_preset(preset):
         if not (p.reg_strength > 0 and p.gain_adjusted):
@@ -174,8 +155,8 @@ def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
         row = {"formula": formula, "preset": preset, "gain": p.gain,
                "reg_strength": p.reg_strength, "adjusted": p.label, "unadjusted": partner}
         for metric in METRICS:
-          a = _per_seed(members, p.label, metric, config.seeds)
-          u = _per_seed(members, partner, metric, config.seeds)
+          a = result.per_seed(metric, label=p.label)
+          u = result.per_seed(metric, label=partner)
           row[metric] = paired_comparison(a, u)
           cells[(formula, metric)].append(a - u)
         summary["comparisons"].append(row)
@@ -188,12 +169,9 @@ def analyse(config: SeedClaimConfig, out_dir: str) -> dict:
   return summary
 
 
-def plot(summary: dict, path: str) -> None:
+def plot(summary: dict):
   """Accuracy per configuration with 95% CIs (left) and paired differences (right)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
+  plt = plots.pyplot()
   runs = summary["runs"]
   fig, axes = plt.subplots(len(METRICS), 2, figsize=(13, 4.2 * len(METRICS)),
                            gridspec_kw={"width_ratios": [2.2, 1]}, squeeze=False)
@@ -206,9 +184,8 @@ def plot(summary: dict, path: str) -> None:
         v = values[metric]
         color = "C0" if "_adj_" in label else ("C1" if is_regularized(label) else "0.5")
         marker = "o" if run.endswith("notebook") else "s"
-        ax.errorbar(position, v["mean"], yerr=v["ci95"], fmt=marker, color=color, capsize=3)
-        ax.plot(np.full(len(v["values"]), position + 0.25), v["values"], ".", color=color,
-                alpha=0.4, ms=4)
+        plots.errorbar_with_seeds(ax, position, v["mean"], v["ci95"], [v["values"]],
+                                  color=color, fmt=marker, dx=0.25)
         ticks.append(position)
         names.append(f"{run}: {label}")
         position += 1
@@ -221,7 +198,7 @@ def plot(summary: dict, path: str) -> None:
     ax.grid(alpha=0.3)
 
     ax = axes[row, 1]
-    rows = [c for c in summary["comparisons"]]
+    rows = summary["comparisons"]
     for i, c in enumerate(rows):
       d = c[metric]
       color = {"confirmed": "C2", "refuted": "C3"}.get(d["verdict"], "0.3")
@@ -234,38 +211,34 @@ def plot(summary: dict, path: str) -> None:
     ax.set_xlabel(f"adjusted - unadjusted, {metric.replace('_', ' ')} (paired by seed)")
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  io.save_figure(fig, path)
-  plt.close(fig)
+  return fig
 
 
-def run(config: SeedClaimConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
-  """Trains every (preset, formula) sweep (resuming finished work), then writes the summary.
+def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
+        dataset: Optional[data.Dataset] = None) -> Optional[dict]:
+  """Trains every (preset, formula) sweep (continuing an interrupted study), then writes the
+  summary.
 
   Writes out_dir/<preset>_<formula>/ (an `isometry.train` run folder each), summary.json and
-  seed_claim.png. Returns the summary.
+  seed_claim.png.
+
+  Returns:
+    The summary; None where a sweep was interrupted (run again to continue).
 
   Raises:
-    train.SetupError: data missing or bad for these settings (before anything is trained).
+    data.DataUnavailableError, train.SetupError: data missing or bad for these settings, or
+      out_dir holds a finished study (before anything is trained).
   """
-  os.makedirs(out_dir, exist_ok=True)
-  if dataset is None:
-    try:
-      dataset = data.load_dataset(config.dataset, config.data_dir, val_size=config.val_size)
-    except ValueError as e:
-      raise train.SetupError(str(e)) from e
-  for formula in config.formulas:
-    for preset in config.presets:
-      name = run_name(preset, formula)
-      logging.info("seed claim: sweep %s", name)
-      result = train.run(train_config(config, preset, formula), os.path.join(out_dir, name),
-                         resume=True, dataset=dataset)
-      status = io.read_json(os.path.join(out_dir, name, "status.json"))["status"]
-      if status == "interrupted":
-        logging.info("interrupted; run again to resume")
-        return result
-  summary = analyse(config, out_dir)
-  io.write_json(os.path.join(out_dir, "summary.json"), summary)
-  plot(summary, os.path.join(out_dir, "seed_claim.png"))
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: config.images(config.val_size),
+                          dataset)
+  sweeps = harness.run_sweeps(
+      {run_name(preset, formula): train_config(config, preset, formula)
+       for formula in config.formulas for preset in config.presets},
+      out_dir, dataset=dataset, overwrite=overwrite, plots=True)
+  if sweeps is None:
+    return None
+  summary = analyse(config, sweeps)
+  harness.save(out_dir, SUMMARY, summary, {"seed_claim.png": plot})
   for formula, by_metric in summary["pooled"].items():
     for metric, d in by_metric.items():
       logging.info("%s formula, %s: adjusted - unadjusted = %+.4f +- %.4f (95%% CI, %d pairs, "

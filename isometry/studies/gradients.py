@@ -24,16 +24,15 @@ log(sigma_w^2 chi^2_N / N) terms with Gaussian ones (see `linear_gaussian_log_ga
 
 Part 2, the vanilla tanh RNN of `isometry.models` on row-by-row images: ||dL/dh_t|| over time
 at initialization and after a short training (Adam), for a few gains of the orthogonal recurrent
-kernel. The training is `isometry.train.run`, which records `grad_norm_through_time` on a probe
-batch at init and after every epoch.
+kernel (`gradients_rnn`: one `isometry.train` sweep, which records `grad_norm_through_time` on a
+probe batch at init and after every epoch).
 
 `run(config, out_dir)` writes gradients.json, A1_layer_norms.png, A2_log_slopes.png,
-A3_rnn_through_time.png and the training run in out_dir/rnn/.
+A3_rnn_through_time.png and the training run in out_dir/rnn/ (running again continues an
+interrupted run).
 """
 import dataclasses
 import functools
-import os
-import shutil
 import time
 from typing import Optional, Sequence, Tuple
 
@@ -44,20 +43,21 @@ import numpy as np
 from jax import lax
 from scipy import optimize, special
 
-from isometry import data
 from isometry import initializers
-from isometry import io
 from isometry import meanfield
+from isometry import plots
 from isometry import stats
-from isometry import train
 from isometry.activations import get_activation
+from isometry.studies import gradients_rnn
+from isometry.studies import harness
 
 WEIGHTS = ("orthogonal", "gaussian")
 _HOMOGENEOUS = ("linear", "relu")
+SUMMARY = "gradients.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class GradientStudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study A measures. Defaults: the committed run (about 2 minutes on 2 shared CPU cores).
 
   Attributes:
@@ -73,7 +73,7 @@ class GradientStudyConfig:
     rnn_gains: gains of the orthogonal recurrent kernel.
     rnn_seeds: seeds per gain.
     dataset, data_dir: images for the RNN (data_dir None: data.OFFLINE_DIRS, else TFDS).
-    synthetic_data: train the RNN on a tiny synthetic task instead (smoke tests, --quick).
+    synthetic: train the RNN on a tiny synthetic task instead (smoke tests, --quick).
     rnn_hidden, rnn_epochs, rnn_batch_size, rnn_lr: the RNN's training (Adam).
     rnn_train_examples: keep the first n training examples (None: all).
     rnn_val_size: training examples held out for validation.
@@ -89,9 +89,6 @@ class GradientStudyConfig:
   seed: int = 0
   rnn_gains: Tuple[float, ...] = (0.9, 1.0, 1.025, 1.25)
   rnn_seeds: int = 5
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic_data: bool = False
   rnn_hidden: int = 128
   rnn_epochs: int = 2
   rnn_batch_size: int = 128
@@ -102,44 +99,31 @@ class GradientStudyConfig:
   def __post_init__(self):
     for name in ("activations", "sigma_b", "sigma_w_factors", "weights", "rnn_gains"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    if not self.activations:
-      raise ValueError("activations is empty")
+    harness.check(bool(self.activations), "activations is empty")
     for act in self.activations:
       get_activation(act)
-    if len(self.sigma_b) != len(self.activations):
-      raise ValueError(f"sigma_b needs one value per activation ({len(self.activations)}), got "
-                       f"{len(self.sigma_b)}")
-    if any(not b >= 0 for b in self.sigma_b):
-      raise ValueError(f"sigma_b must be >= 0, got {self.sigma_b}")
-    if not self.sigma_w_factors or any(not f > 0 for f in self.sigma_w_factors):
-      raise ValueError(f"sigma_w_factors must be > 0, got {self.sigma_w_factors}")
-    if not self.weights or any(w not in WEIGHTS for w in self.weights):
-      raise ValueError(f"weights must be among {', '.join(WEIGHTS)}, got {self.weights}")
-    for name in ("width", "depth", "batch", "rnn_hidden", "rnn_epochs", "rnn_batch_size",
-                 "rnn_val_size"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.depth < 2:
-      raise ValueError(f"depth must be >= 2 to fit a slope, got {self.depth}")
-    for name in ("seeds", "rnn_seeds"):
-      if getattr(self, name) < 2:
-        raise ValueError(f"{name} must be >= 2 for a confidence interval, got "
-                         f"{getattr(self, name)}")
-    if not self.rnn_gains or any(not g > 0 for g in self.rnn_gains):
-      raise ValueError(f"rnn_gains must be > 0, got {self.rnn_gains}")
-    if not self.rnn_lr > 0:
-      raise ValueError(f"rnn_lr must be > 0, got {self.rnn_lr}")
-    if self.rnn_train_examples is not None and self.rnn_train_examples < self.rnn_batch_size:
-      raise ValueError(f"rnn_train_examples ({self.rnn_train_examples}) must be >= "
-                       f"rnn_batch_size ({self.rnn_batch_size})")
-    if self.dataset not in data.NAMES:
-      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.NAMES)}")
+    harness.check(len(self.sigma_b) == len(self.activations),
+                  f"sigma_b needs one value per activation ({len(self.activations)}), got "
+                  f"{len(self.sigma_b)}")
+    harness.check(all(b >= 0 for b in self.sigma_b), f"sigma_b must be >= 0, got {self.sigma_b}")
+    harness.check(bool(self.sigma_w_factors) and all(f > 0 for f in self.sigma_w_factors),
+                  f"sigma_w_factors must be > 0, got {self.sigma_w_factors}")
+    harness.check_choices(self, "weights", WEIGHTS, allow_empty=False)
+    harness.check_at_least(self, ("width", "batch", "rnn_hidden", "rnn_epochs",
+                                  "rnn_batch_size", "rnn_val_size"))
+    harness.check(self.depth >= 2, f"depth must be >= 2 to fit a slope, got {self.depth}")
+    harness.check_seeds(self, ("seeds", "rnn_seeds"))
+    harness.check(bool(self.rnn_gains) and all(g > 0 for g in self.rnn_gains),
+                  f"rnn_gains must be > 0, got {self.rnn_gains}")
+    harness.check_positive(self, ("rnn_lr",))
+    harness.check_examples(self, "rnn_train_examples", "rnn_batch_size")
+    harness.check_data(self)
 
   @classmethod
-  def quick(cls, **overrides) -> "GradientStudyConfig":
+  def quick(cls, **overrides) -> "StudyConfig":
     """A seconds-long smoke version: tiny networks, a synthetic RNN task."""
     settings = dict(sigma_w_factors=(0.9, 1.0, 1.1), width=32, depth=8, batch=4, seeds=5,
-                    rnn_gains=(1.0, 1.25), rnn_seeds=2, synthetic_data=True, rnn_hidden=8,
+                    rnn_gains=(1.0, 1.25), rnn_seeds=2, synthetic=True, rnn_hidden=8,
                     rnn_epochs=1, rnn_batch_size=16, rnn_train_examples=None, rnn_val_size=16)
     settings.update(overrides)
     return cls(**settings)
@@ -305,7 +289,7 @@ def summarize_norms(norms):
   return {"log_ratio": log_ratio, "slope": log_slope(log_ratio), "log_gain": log_gain}
 
 
-def mlp_study(config: GradientStudyConfig) -> dict:
+def mlp_study(config: StudyConfig) -> dict:
   """Part 1: the sigma_w sweep for every activation and weight distribution (JSON-ready)."""
   sigma_c = np.array([critical_sigma_w(a, b) for a, b in zip(config.activations, config.sigma_b)])
   factors = np.asarray(config.sigma_w_factors, np.float64)
@@ -356,109 +340,12 @@ def mlp_study(config: GradientStudyConfig) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# The RNN: gradient norms through time, at init and after a short training.
-
-
-def rnn_train_config(config: GradientStudyConfig) -> train.TrainConfig:
-  """The sweep of part 2: orthogonal recurrent kernels at each gain x seed, no penalty, Adam."""
-  members = train.product_members(inits=("orthogonal",), gains=config.rnn_gains,
-                                  lrs=(config.rnn_lr,), seeds=config.rnn_seeds)
-  synthetic = config.synthetic_data
-  return train.TrainConfig(
-      members=members, model="rnn",
-      # The synthetic task is passed to train.run as data; the name is a placeholder then.
-      dataset="mnist" if synthetic else config.dataset,
-      data_dir=None if synthetic else data.resolve_data_dir(config.dataset, config.data_dir),
-      task="row", hidden=config.rnn_hidden, regularizer="none", optimizer="adam",
-      batch_size=config.rnn_batch_size, epochs=config.rnn_epochs,
-      unroll=1 if synthetic else 4, val_size=config.rnn_val_size,
-      max_train_examples=config.rnn_train_examples,
-      eval_batch_size=32 if synthetic else 1000)
-
-
-def summarize_rnn(metrics: dict) -> dict:
-  """Per gain: ||dL/dh_t|| at init and after the last epoch (mean of log10 over seeds, 95% CI),
-  the log10 ratio ||dL/dh_0|| / ||dL/dh_{T-1}||, and test accuracy."""
-  groups = {}
-  for member in metrics["members"]:
-    groups.setdefault(member["config"]["gain"], []).append(member)
-  out = []
-  for gain, members in groups.items():
-    entry = {"gain": gain, "seeds": len(members)}
-    for which in ("initial", "trained"):
-      rows = np.array([[np.nan if v is None else v for v in
-                        (m["initial"] if which == "initial" else m["epochs"][-1])
-                        ["grad_norm_through_time"]] for m in members], np.float64)
-      log_norm = np.log10(rows)
-      mean, ci = stats.mean_ci(log_norm, axis=0)
-      ratio_mean, ratio_ci = stats.mean_ci(log_norm[:, 0] - log_norm[:, -1])
-      entry[which] = {"log10_norm_mean": mean, "log10_norm_ci95": ci,
-                      "log10_first_over_last_mean": ratio_mean,
-                      "log10_first_over_last_ci95": ratio_ci}
-    acc_mean, acc_ci = stats.mean_ci([np.nan if m["test_accuracy"] is None else m["test_accuracy"]
-                                      for m in members])
-    entry["test_accuracy_mean"], entry["test_accuracy_ci95"] = acc_mean, acc_ci
-    out.append(entry)
-  return {"time_steps": metrics.get("grad_norm_time_steps"), "gains": out}
-
-
-def load_rnn_dataset(config: GradientStudyConfig) -> data.Dataset:
-  """The RNN's images: the synthetic task, or config.dataset (offline copy or TFDS).
-
-  Raises:
-    data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
-  """
-  if config.synthetic_data:
-    return data.synthetic_dataset(64, 32, 32, side=6)
-  return data.load_dataset(config.dataset,
-                           data.resolve_data_dir(config.dataset, config.data_dir),
-                           val_size=config.rnn_val_size)
-
-
-def rnn_study(config: GradientStudyConfig, out_dir: str,
-              dataset: Optional[data.Dataset] = None) -> dict:
-  """Part 2: trains the gain sweep with `isometry.train.run` into out_dir and summarizes it.
-
-  Args:
-    config: the study.
-    out_dir: folder of the training run.
-    dataset: preloaded `load_rnn_dataset(config)` (loaded here if None).
-
-  The engine's checkpoint.npz is removed afterwards: the study does not resume, and the
-  per-epoch metrics (metrics.json, spectra.npz) are what it reads.
-  """
-  train_config = rnn_train_config(config)
-  if dataset is None:
-    dataset = load_rnn_dataset(config)
-  start = time.perf_counter()
-  metrics = train.run(train_config, out_dir, dataset=dataset, plots=False)
-  seconds = time.perf_counter() - start
-  checkpoint = os.path.join(out_dir, train.CHECKPOINT)
-  if os.path.exists(checkpoint):
-    os.remove(checkpoint)
-  summary = summarize_rnn(metrics)
-  summary.update({"seconds": seconds, "dataset": "synthetic" if config.synthetic_data
-                  else train_config.dataset, "data_dir": train_config.data_dir,
-                  "train_examples": config.rnn_train_examples, "epochs": config.rnn_epochs,
-                  "lr": config.rnn_lr, "hidden": config.rnn_hidden})
-  for entry in summary["gains"]:
-    logging.info("RNN gain %g: log10 ||dL/dh_0|| / ||dL/dh_T-1|| init %.2f +- %.2f, trained "
-                 "%.2f +- %.2f", entry["gain"], entry["initial"]["log10_first_over_last_mean"],
-                 entry["initial"]["log10_first_over_last_ci95"],
-                 entry["trained"]["log10_first_over_last_mean"],
-                 entry["trained"]["log10_first_over_last_ci95"])
-  return summary
-
-
-# ----------------------------------------------------------------------------------------------
 # Figures (from the JSON content).
 
 
 def plot_layer_norms(result: dict):
   """A1: ||dL/dh_l||^2 / ||dL/dh_L||^2 against l, one panel per (activation, weights)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   cases = result["mlp"]["cases"]
   weights = list(cases[0]["weights"])
   fig, axes = plt.subplots(len(cases), len(weights), figsize=(5.2 * len(weights), 3.4 * len(cases)),
@@ -475,10 +362,9 @@ def plot_layer_norms(result: dict):
       depth = mean.shape[-1]
       layers = np.arange(1, depth + 1)
       for s, sw in enumerate(case["sigma_w"]):
-        color = cmap(0.5 + 0.5 * log_chi[s] / span)
-        ax.plot(layers, mean[s], color=color, lw=1.4,
-                label=f"$\\sigma_w$={sw:.3g}, $\\chi$={case['chi'][s]:.3f}")
-        ax.fill_between(layers, mean[s] - ci[s], mean[s] + ci[s], color=color, alpha=0.25)
+        plots.band(ax, layers, mean[s], ci[s], color=cmap(0.5 + 0.5 * log_chi[s] / span),
+                   lw=1.4, alpha=0.25,
+                   label=f"$\\sigma_w$={sw:.3g}, $\\chi$={case['chi'][s]:.3f}")
         ax.plot(layers, (depth - layers) * log_chi[s] / np.log(10), "k--", lw=0.7)
       ax.set_title(f"{case['activation']} ($\\sigma_b$={case['sigma_b']:g}), {name}", fontsize=10)
       ax.set_xlabel("layer l")
@@ -494,11 +380,9 @@ def plot_layer_norms(result: dict):
 def plot_log_slopes(result: dict):
   """A2: fitted log-slope vs sigma_w against log chi (top), its residual slope - log chi
   (middle), and the per-input spread of the whole-depth log-gain (bottom)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   cases = result["mlp"]["cases"]
-  colors = {"orthogonal": "tab:blue", "gaussian": "tab:red"}
+  colors = plots.WEIGHT_COLORS
   fig, axes = plt.subplots(3, len(cases), figsize=(4.6 * len(cases), 10), squeeze=False)
   for i, case in enumerate(cases):
     sw = np.asarray(case["sigma_w"])
@@ -533,7 +417,8 @@ def plot_log_slopes(result: dict):
       ax.plot(sw, case["theory_log_gain_gaussian"]["std"], "k--", lw=1,
               label=r"Gaussian closed form $\sqrt{(L-1)\psi_1(N/2)}$")
     ax.set_xlabel(r"$\sigma_w$")
-    ax.set_ylabel(r"std over inputs of $\log\|\partial L/\partial h_1\|^2/\|\partial L/\partial h_L\|^2$",
+    ax.set_ylabel(r"std over inputs of "
+                  r"$\log\|\partial L/\partial h_1\|^2/\|\partial L/\partial h_L\|^2$",
                   fontsize=8)
     ax.legend(fontsize=7)
   fig.suptitle("Backward growth rate per layer against mean field (top, middle) and its "
@@ -542,57 +427,35 @@ def plot_log_slopes(result: dict):
   return fig
 
 
-def plot_rnn(result: dict):
-  """A3: ||dL/dh_t|| against t at init (dashed) and after training (solid), one panel per gain."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  rnn = result["rnn"]
-  gains = rnn["gains"]
-  fig, axes = plt.subplots(1, len(gains), figsize=(3.8 * len(gains), 3.6), squeeze=False,
-                           sharey=True)
-  for ax, entry in zip(axes[0], gains):
-    steps = np.arange(len(entry["initial"]["log10_norm_mean"]))
-    if rnn.get("time_steps"):
-      steps = np.asarray(rnn["time_steps"])
-    for which, style, color in (("initial", "--", "tab:gray"), ("trained", "-", "tab:green")):
-      mean = np.asarray(entry[which]["log10_norm_mean"])
-      ci = np.asarray(entry[which]["log10_norm_ci95"])
-      label = "init" if which == "initial" else f"after {rnn['epochs']} epoch(s)"
-      ax.plot(steps, mean, style, color=color, label=label)
-      ax.fill_between(steps, mean - ci, mean + ci, color=color, alpha=0.25)
-    ax.set_title(f"gain {entry['gain']:g}", fontsize=10)
-    ax.set_xlabel("time step t")
-  axes[0, 0].set_ylabel(r"$\log_{10}\|\partial L/\partial h_t\|$")
-  axes[0, 0].legend(fontsize=8)
-  fig.suptitle(f"Vanilla tanh RNN, orthogonal recurrent kernel, {rnn['dataset']} rows "
-               f"(mean over {gains[0]['seeds']} seeds, band 95% CI)", fontsize=10)
-  fig.tight_layout()
-  return fig
+FIGURES = {"A1_layer_norms.png": plot_layer_norms, "A2_log_slopes.png": plot_log_slopes,
+           "A3_rnn_through_time.png": gradients_rnn.plot_rnn}
 
 
-def run(config: GradientStudyConfig, out_dir: str) -> dict:
+def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> Optional[dict]:
   """Runs both parts; writes gradients.json, the three figures and out_dir/rnn/.
 
+  Args:
+    config: the study.
+    out_dir: results folder.
+    overwrite: replace a finished study in out_dir (else refused before any work).
+
   Returns:
-    The JSON content: {"config", "mlp": {"cases": [...]}, "rnn": {...}, "seconds"}.
+    The JSON content: {"config", "mlp": {"cases": [...]}, "rnn": {...}, "seconds"}; None where
+    the RNN's training was interrupted (run again to continue it).
 
   Raises:
-    data.DataUnavailableError: the RNN's dataset cannot be read (before anything is written).
+    data.DataUnavailableError, train.SetupError: the RNN's dataset cannot be read, or out_dir
+      holds a finished study (before anything is written).
   """
   start = time.perf_counter()
-  # Data first, so a missing dataset fails before any work or file.
-  dataset = load_rnn_dataset(config)
+  # The RNN's data first, so that missing data fails before any work or file.
+  dataset = harness.start(out_dir, SUMMARY, overwrite,
+                          lambda: gradients_rnn.load_rnn_dataset(config))
   result = {"config": dataclasses.asdict(config), "mlp": mlp_study(config)}
-  io.write_json(os.path.join(out_dir, "gradients.json"), result)
-  io.save_figure(plot_layer_norms(result), os.path.join(out_dir, "A1_layer_norms.png"))
-  io.save_figure(plot_log_slopes(result), os.path.join(out_dir, "A2_log_slopes.png"))
-  rnn_dir = os.path.join(out_dir, "rnn")
-  if os.path.isdir(rnn_dir):
-    shutil.rmtree(rnn_dir)  # A fresh run, not a resume of an older one.
-  result["rnn"] = rnn_study(config, rnn_dir, dataset)
+  result["rnn"] = gradients_rnn.rnn_study(config, out_dir, dataset, overwrite=overwrite)
+  if result["rnn"] is None:
+    return None
   result["seconds"] = time.perf_counter() - start
-  io.write_json(os.path.join(out_dir, "gradients.json"), result)
-  io.save_figure(plot_rnn(result), os.path.join(out_dir, "A3_rnn_through_time.png"))
+  harness.save(out_dir, SUMMARY, result, FIGURES)
   logging.info("study A done in %.0fs: %s", result["seconds"], out_dir)
   return result

@@ -17,11 +17,12 @@ recurrent kernel trained under one of these arms:
                 (`constraints.spectral_margin`; margin0 is projection computed by an SVD).
 
 Each arm is one `isometry.train` sweep (its seeds are vmapped members of one compiled program)
-in out_dir/<arm>/, resumed if already there. Per arm the study reports, over seeds, the best
-validation accuracy over epochs and the test accuracy after the last epoch, mean +- 95% CI
-(Student t), the paired difference to "none" (same seed: same init and batch order), the wall
-time per epoch and per step (first epoch, which compiles, reported apart), and the trajectory of
-the recurrent kernel's singular values over epochs (epoch 0 = init).
+in out_dir/<arm>/, run by `harness.run_sweeps` (running again continues an interrupted study).
+Per arm the study reports, over seeds, the best validation accuracy over epochs and the test
+accuracy after the last epoch, mean +- 95% CI (Student t), the paired difference to "none" (same
+seed: same init and batch order), the wall time per epoch and per step (first epoch, which
+compiles, reported apart), and the trajectory of the recurrent kernel's singular values over
+epochs (epoch 0 = init).
 
 `run(config, out_dir)` writes study.json, D_accuracy.png, D_singular_values.png and
 D_val_curves.png. The committed default (9 arms x 5 seeds, 12 epochs of 62 steps) took
@@ -36,31 +37,30 @@ References:
   (Cayley).
 """
 import dataclasses
-import os
 import time
 from typing import Optional, Tuple
 
 from absl import logging
 import numpy as np
 
-from isometry import data
-from isometry import io
+from isometry import plots
 from isometry import stats
 from isometry import train
-from isometry.stats import mean_ci
+from isometry.studies import harness
 
 ARMS = ("none", "soft", "projection", "cayley", "expm")
 HARD = ("projection", "cayley", "expm")
 BASELINE = "none"
 METRICS = ("best_val_accuracy", "test_accuracy")
+SUMMARY = "study.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """Study D's settings. Defaults: the committed run.
 
   Attributes:
-    arms: which of ARMS to run.
+    arms: arms among none, soft, projection, cayley, expm (see above).
     margins: spectral margins m in [0, 1]; each adds an arm "margin<m>".
     seeds: seeds 0..seeds-1 per arm (>= 2 for a confidence interval).
     epochs: training epochs.
@@ -73,7 +73,7 @@ class StudyConfig:
     val_size: training examples held out for validation.
     dataset: mnist or fashion_mnist (28 x 28, read row by row).
     data_dir: IDX folder or TFDS dir (None: data.resolve_data_dir's offline copy, else TFDS).
-    synthetic_data: train on `data.synthetic_dataset(learnable=True)` instead (smoke runs).
+    synthetic: train on 6 x 6 learnable synthetic images instead (smoke runs).
     unroll: lax.scan unroll over time.
   """
   arms: Tuple[str, ...] = ARMS
@@ -87,51 +87,30 @@ class StudyConfig:
   batch_size: int = 128
   max_train_examples: Optional[int] = 8000
   val_size: int = 5000
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic_data: bool = False
   unroll: int = 4
 
   def __post_init__(self):
     object.__setattr__(self, "arms", tuple(self.arms))
     object.__setattr__(self, "margins", tuple(float(m) for m in self.margins))
-    for arm in self.arms:
-      if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    if len(set(self.arms)) != len(self.arms):
-      raise ValueError(f"arms repeat: {', '.join(self.arms)}")
+    harness.check_choices(self, "arms", ARMS)
     for m in self.margins:
-      if not 0 <= m <= 1:
-        raise ValueError(f"margins must be in [0, 1], got {m:g}")
-    if len(set(self.margins)) != len(self.margins):
-      raise ValueError(f"margins repeat: {self.margins}")
-    if not self.arms and not self.margins:
-      raise ValueError("choose at least one arm or margin")
-    if self.seeds < 2:
-      raise ValueError(f"seeds must be >= 2 for a confidence interval, got {self.seeds}")
-    for name in ("epochs", "hidden", "batch_size", "val_size", "unroll"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not (self.gain > 0 and np.isfinite(self.gain)):
-      raise ValueError(f"gain must be > 0, got {self.gain}")
-    if not self.lr > 0:
-      raise ValueError(f"lr must be > 0, got {self.lr}")
-    if not self.reg_strength >= 0:
-      raise ValueError(f"reg_strength must be >= 0, got {self.reg_strength}")
-    if "soft" in self.arms and self.reg_strength == 0:
-      raise ValueError("arm soft needs reg_strength > 0 (with 0 it is arm none)")
-    if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
-      raise ValueError(f"max_train_examples ({self.max_train_examples}) must be >= batch_size "
-                       f"({self.batch_size})")
-    if self.dataset not in ("mnist", "fashion_mnist"):
-      raise ValueError(f"dataset must be mnist or fashion_mnist (28 x 28 rows), got "
-                       f"{self.dataset!r}")
+      harness.check(0 <= m <= 1, f"margins must be in [0, 1], got {m:g}")
+    harness.check(len(set(self.margins)) == len(self.margins), f"margins repeat: {self.margins}")
+    harness.check(bool(self.arms or self.margins), "choose at least one arm or margin")
+    harness.check_seeds(self)
+    harness.check_at_least(self, ("epochs", "hidden", "batch_size", "val_size", "unroll"))
+    harness.check_positive(self, ("gain", "lr"))
+    harness.check(self.reg_strength >= 0, f"reg_strength must be >= 0, got {self.reg_strength}")
+    harness.check("soft" not in self.arms or self.reg_strength > 0,
+                  "arm soft needs reg_strength > 0 (with 0 it is arm none)")
+    harness.check_examples(self, "max_train_examples", "batch_size")
+    harness.check_data(self, ("mnist", "fashion_mnist"), "28 x 28 images, read row by row")
 
   @classmethod
   def quick(cls, **overrides) -> "StudyConfig":
     """A smoke version (well under a minute): hidden 8, 2 seeds, 2 epochs, a synthetic task."""
     settings = dict(seeds=2, epochs=2, hidden=8, batch_size=16, max_train_examples=None,
-                    val_size=32, synthetic_data=True, unroll=1, lr=1e-2, reg_strength=0.1)
+                    val_size=32, synthetic=True, unroll=1, lr=1e-2, reg_strength=0.1)
     settings.update(overrides)
     return cls(**settings)
 
@@ -171,9 +150,8 @@ def arm_train_config(config: StudyConfig, arm: str) -> train.TrainConfig:
                    reg_strength=config.reg_strength if soft else 0.0, gain_adjusted=True,
                    lr=config.lr, seed=seed) for seed in range(config.seeds))
   return train.TrainConfig(
-      members=members, model="rnn", dataset=config.dataset,
-      data_dir=None if config.synthetic_data else data.resolve_data_dir(config.dataset,
-                                                                        config.data_dir),
+      members=members, model="rnn",
+      **config.train_data(),
       task="row", hidden=config.hidden, regularizer="so" if soft else "none",
       constraint=constraint, margin=margin_value, optimizer="adam",
       batch_size=config.batch_size, epochs=config.epochs, unroll=config.unroll,
@@ -181,73 +159,33 @@ def arm_train_config(config: StudyConfig, arm: str) -> train.TrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Summaries of finished runs (pure functions of metrics.json / status.json content).
+# Summaries of finished arms.
 
 
-def per_seed(metrics: dict, metric: str, seeds: int) -> np.ndarray:
-  """(seeds,) best val accuracy over epochs or final test accuracy; NaN if diverged/missing."""
-  values = np.full(seeds, np.nan)
-  for m in metrics["members"]:
-    seed = m["config"]["seed"]
-    if m["status"] != "done" or seed >= seeds:
-      continue
-    if metric == "best_val_accuracy":
-      accuracies = [e["val_accuracy"] for e in m["epochs"] if e["val_accuracy"] is not None]
-      value = max(accuracies) if accuracies else None
-    elif metric == "test_accuracy":
-      value = m["test_accuracy"]
-    else:
-      raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    if value is not None:
-      values[seed] = value
-  return values
-
-
-def paired_difference(arm: np.ndarray, baseline: np.ndarray) -> dict:
-  """arm - baseline paired by seed (`stats.paired_difference`) with a verdict: better / worse
-  where the 95% interval excludes 0, "no difference resolved" where it covers 0."""
-  result = stats.paired_difference(arm, baseline)
-  mean, half = result["mean_difference"], result["ci95"]
-  if not np.isfinite(half):
-    result["verdict"] = "undetermined"
-  elif mean - half > 0:
-    result["verdict"] = "better"
-  elif mean + half < 0:
-    result["verdict"] = "worse"
-  else:
-    result["verdict"] = "no difference resolved"
-  return result
-
-
-def singular_value_trajectory(metrics: dict) -> dict:
+def singular_value_trajectory(result: harness.SweepResult) -> dict:
   """Per epoch (0 = init) the recurrent kernel's singular values over seeds.
 
   Returns:
     {"epoch": [0..E], "mean"/"min"/"max": mean over seeds of each member's mean / smallest /
     largest singular value, "min_over_seeds"/"max_over_seeds": the extremes over all seeds}.
-    Diverged members are left out from their divergence on (their weights are frozen).
+    Diverged members are left out (their weights are frozen), unless every member diverged.
   """
-  members = [m for m in metrics["members"] if m["status"] != "diverged"] or metrics["members"]
-  records = [[m["initial"]["singular_values"]]
-             + [e["singular_values"] for e in m["epochs"]] for m in members]
-  epochs = min(len(r) for r in records)
-  get = lambda key: np.array([[r[e][key] for e in range(epochs)] for r in records])
+  kept = ~result.diverged()
+  if not kept.any():
+    kept[:] = True
+  get = lambda stat: result.history(f"singular_values.{stat}")[kept]   # (seeds, E + 1)
   mins, maxs, means = get("min"), get("max"), get("mean")
-  return {"epoch": list(range(epochs)), "mean": means.mean(0).tolist(),
+  return {"epoch": list(range(mins.shape[1])), "mean": means.mean(0).tolist(),
           "min": mins.mean(0).tolist(), "max": maxs.mean(0).tolist(),
           "min_over_seeds": mins.min(0).tolist(), "max_over_seeds": maxs.max(0).tolist()}
 
 
-def val_curve(metrics: dict, seeds: int) -> dict:
+def val_curve(result: harness.SweepResult) -> dict:
   """Validation accuracy per epoch (1..E): mean +- 95% CI over seeds (NaN for diverged)."""
-  epochs = max(len(m["epochs"]) for m in metrics["members"])
-  table = np.full((seeds, epochs), np.nan)
-  for m in metrics["members"]:
-    for e, entry in enumerate(m["epochs"]):
-      if entry["val_accuracy"] is not None and m["config"]["seed"] < seeds:
-        table[m["config"]["seed"], e] = entry["val_accuracy"]
-  mean, half = mean_ci(table, axis=0)
-  return {"epoch": list(range(1, epochs + 1)), "mean": mean.tolist(), "ci95": half.tolist()}
+  table = result.history("val_accuracy")[:, 1:]
+  mean, half = stats.mean_ci(table, axis=0)
+  return {"epoch": list(range(1, table.shape[1] + 1)), "mean": mean.tolist(),
+          "ci95": half.tolist()}
 
 
 def timing(status: dict) -> dict:
@@ -262,41 +200,39 @@ def timing(status: dict) -> dict:
           "epoch_seconds": seconds.tolist()}
 
 
-def summarize_arm(config: StudyConfig, arm: str, metrics: dict, status: dict) -> dict:
-  """One arm's entry of study.json from its run's metrics.json and status.json."""
+def summarize_arm(config: StudyConfig, arm: str, result: harness.SweepResult) -> dict:
+  """One arm's entry of study.json."""
   lo, hi = band(config, arm)
   entry = {"arm": arm, "band": [lo, hi if np.isfinite(hi) else None],
-           "status": status["status"], "diverged_members": status["diverged_members"],
-           "singular_values": singular_value_trajectory(metrics),
-           "val_curve": val_curve(metrics, config.seeds), "timing": timing(status)}
+           "status": result.status["status"],
+           "diverged_members": result.status["diverged_members"],
+           "singular_values": singular_value_trajectory(result),
+           "val_curve": val_curve(result), "timing": timing(result.status)}
   for metric in METRICS:
-    entry[metric] = stats.interval(per_seed(metrics, metric, config.seeds))
+    entry[metric] = stats.interval(result.per_seed(metric))
   return entry
 
 
-def compare_to_baseline(arms: dict, seeds: int) -> dict:
-  """{arm: {metric: paired_difference(arm, none)}} for every arm but the baseline."""
+def compare_to_baseline(arms: dict) -> dict:
+  """{arm: {metric: harness.compare(arm, none)}} for every arm but the baseline."""
   if BASELINE not in arms:
     return {}
-  out = {}
-  for name, entry in arms.items():
-    if name == BASELINE:
-      continue
-    out[name] = {metric: paired_difference(np.asarray(entry[metric]["values"]),
-                                           np.asarray(arms[BASELINE][metric]["values"]))
+  return {name: {metric: harness.compare(entry[metric]["values"],
+                                         arms[BASELINE][metric]["values"])
                  for metric in METRICS}
-  return out
+          for name, entry in arms.items() if name != BASELINE}
+
+
+def summarize(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
+  """study.json content from the finished arms."""
+  arms = {arm: summarize_arm(config, arm, result) for arm, result in sweeps.items()}
+  return {"config": dataclasses.asdict(config),
+          "dataset": "synthetic" if config.synthetic else config.dataset,
+          "arms": arms, "paired_vs_none": compare_to_baseline(arms)}
 
 
 # ----------------------------------------------------------------------------------------------
 # Figures (from study.json content).
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
 
 
 def _color(i: int) -> str:
@@ -305,14 +241,14 @@ def _color(i: int) -> str:
 
 def plot_accuracy(summary: dict):
   """Best val and test accuracy per arm: mean, 95% CI bars, and the seeds as dots."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   arms = summary["arms"]
   fig, axes = plt.subplots(1, len(METRICS), figsize=(5.5 * len(METRICS), 4.2), squeeze=False)
   for ax, metric in zip(axes[0], METRICS):
-    for i, (name, entry) in enumerate(arms.items()):
+    for i, entry in enumerate(arms.values()):
       v = entry[metric]
-      ax.errorbar(i, v["mean"], yerr=v["ci95"], fmt="o", color=_color(i), capsize=4)
-      ax.plot(np.full(len(v["values"]), i + 0.2), v["values"], ".", color=_color(i), alpha=0.5)
+      plots.errorbar_with_seeds(ax, i, v["mean"], v["ci95"], [v["values"]], color=_color(i),
+                                capsize=4, dx=0.2, alpha=0.5, ms=None)
     ax.set_xticks(range(len(arms)))
     ax.set_xticklabels(list(arms), rotation=45, ha="right")
     ax.set_ylabel(metric.replace("_", " "))
@@ -325,7 +261,7 @@ def plot_accuracy(summary: dict):
 
 def plot_singular_values(summary: dict):
   """Min / mean / max singular value of the recurrent kernel per epoch, one panel per arm."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   arms = summary["arms"]
   cols = min(3, len(arms))
   rows = -(-len(arms) // cols)
@@ -358,14 +294,12 @@ def plot_singular_values(summary: dict):
 
 def plot_val_curves(summary: dict):
   """Validation accuracy per epoch per arm, mean over seeds with a 95% CI band."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for i, (name, entry) in enumerate(summary["arms"].items()):
     c = entry["val_curve"]
-    mean, half = np.asarray(c["mean"]), np.nan_to_num(np.asarray(c["ci95"]))
-    style = "--" if name in HARD else "-"
-    ax.plot(c["epoch"], mean, style, color=_color(i), label=name)
-    ax.fill_between(c["epoch"], mean - half, mean + half, color=_color(i), alpha=0.15)
+    plots.band(ax, c["epoch"], c["mean"], np.nan_to_num(np.asarray(c["ci95"], np.float64)),
+               color=_color(i), style="--" if name in HARD else "-", alpha=0.15, label=name)
   ax.set_xlabel("epoch")
   ax.set_ylabel("validation accuracy")
   ax.grid(alpha=0.3)
@@ -375,67 +309,42 @@ def plot_val_curves(summary: dict):
   return fig
 
 
+FIGURES = {"D_accuracy.png": plot_accuracy, "D_singular_values.png": plot_singular_values,
+           "D_val_curves.png": plot_val_curves}
+
+
 # ----------------------------------------------------------------------------------------------
 # The study.
 
 
-def load_data(config: StudyConfig) -> data.Dataset:
-  """The images: the learnable synthetic task, or config.dataset (offline copy or TFDS).
-
-  Raises:
-    data.DataUnavailableError: the dataset cannot be read here.
-  """
-  if config.synthetic_data:
-    return data.synthetic_dataset(64, config.val_size, 32, side=6, learnable=True)
-  return data.load_dataset(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
-                           val_size=config.val_size)
-
-
-def summarize(config: StudyConfig, out_dir: str) -> dict:
-  """study.json content from the finished arm folders under out_dir."""
-  arms = {}
-  for arm in arm_names(config):
-    folder = os.path.join(out_dir, arm)
-    arms[arm] = summarize_arm(config, arm, io.read_json(os.path.join(folder, "metrics.json")),
-                              io.read_json(os.path.join(folder, "status.json")))
-  return {"config": dataclasses.asdict(config),
-          "dataset": "synthetic" if config.synthetic_data else config.dataset,
-          "arms": arms, "paired_vs_none": compare_to_baseline(arms, config.seeds)}
-
-
-def run(config: StudyConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
-  """Trains every arm (resuming finished work), then writes study.json and the figures.
+def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
+        dataset=None) -> Optional[dict]:
+  """Trains every arm (continuing an interrupted study), then writes study.json and the figures.
 
   Args:
     config: the study.
     out_dir: results folder; arm runs go to out_dir/<arm>/.
-    dataset: preloaded images (default: `load_data(config)`).
+    overwrite: replace a finished study in out_dir (else refused before any work).
+    dataset: preloaded images (default: config.dataset, or the synthetic images).
 
   Returns:
-    The study.json content (or, if interrupted, the interrupted arm's metrics).
+    The study.json content; None where an arm was interrupted (run again to continue).
 
   Raises:
-    data.DataUnavailableError, train.SetupError: data missing or bad (before any training).
+    data.DataUnavailableError, train.SetupError: before any training, where the data is
+      missing or bad or out_dir holds a finished study (`harness.start`).
   """
   start = time.perf_counter()
-  if dataset is None:
-    dataset = load_data(config)
-  os.makedirs(out_dir, exist_ok=True)
-  for arm in arm_names(config):
-    logging.info("constraint study: arm %s", arm)
-    folder = os.path.join(out_dir, arm)
-    result = train.run(arm_train_config(config, arm), folder, resume=True, dataset=dataset,
-                       plots=False)
-    if io.read_json(os.path.join(folder, "status.json"))["status"] == "interrupted":
-      logging.info("interrupted; run again to resume")
-      return result
-  summary = summarize(config, out_dir)
+  smoke = harness.Synthetic(64, config.val_size, 32, side=6, learnable=True)
+  dataset = harness.start(out_dir, SUMMARY, overwrite,
+                          lambda: config.images(config.val_size, smoke), dataset)
+  sweeps = harness.run_sweeps({arm: arm_train_config(config, arm) for arm in arm_names(config)},
+                              out_dir, dataset=dataset, overwrite=overwrite)
+  if sweeps is None:
+    return None
+  summary = summarize(config, sweeps)
   summary["seconds_this_call"] = time.perf_counter() - start
-  io.write_json(os.path.join(out_dir, "study.json"), summary)
-  for name, fn in (("D_accuracy.png", plot_accuracy),
-                   ("D_singular_values.png", plot_singular_values),
-                   ("D_val_curves.png", plot_val_curves)):
-    io.save_figure(fn(summary), os.path.join(out_dir, name))
+  harness.save(out_dir, SUMMARY, summary, FIGURES)
   for name, entry in summary["arms"].items():
     t, sv = entry["test_accuracy"], entry["singular_values"]
     line = (f"{name}: test {t['mean']:.4f} +- {t['ci95']:.4f}, "

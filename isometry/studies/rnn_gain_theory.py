@@ -1,34 +1,25 @@
-"""The critical gain of the seed's vanilla RNN, from the data, against the hand-picked gains.
+"""The RNN-gain study's theory side: the mean field of the seed's RNN on its data, checked.
 
-Hlav 2019 initialises a Keras SimpleRNN (tanh, H = 128, zero bias, Glorot-uniform input kernel U,
-recurrent kernel g times orthogonal) at g = 1.025 or 1.25, chosen by hand, and reads images row by
-row (T = 28 steps of D = 28 pixels). The mean field of `isometry.rnn_meanfield` gives the gain g*
-at which the mean squared singular value of J = dh_T / dh_0 neither grows nor decays; it depends
-on the data through the input drive variance q_in,t = E||x_t U||**2 / H. This study:
+Stages 1-3 of `rnn_gain` (the study, its config and its training live there):
 
-  1. theory: q_in,t from the pixel second moments and the Glorot variance, checked against the
-     drive of the actual U of every training seed; g* in the three readings of the input
-     (stationary at the time-averaged drive, time-dependent at the data-averaged drive,
-     per-example), and the curves q*(g), chi(g) and the predicted log-growth rate per step;
-  2. measurement: width-H RNNs at init (the model itself: Keras init, zero initial state) driven
-     by real rows; their pre-activation variances q_t and log-growth rate of E||J^T u||**2 per
-     step over a gain grid, against the three readings. The reading that matches sets g*;
-  3. spectra: the free-probability density of J's squared singular values (`freeprob`, T equal
-     factors D W with the D law at the stationary q*, i.e. W drawn afresh every step) against four
-     sampled Jacobians, with the KS distance: untied W and Gaussian drive (what freeprob
-     assumes), tied W and Gaussian drive (the RNN's weight sharing), tied W and real rows from the
-     zero state at width N, and the H-unit model itself;
-  4. training: one `isometry.train` sweep, gains {g*, hand-picked ones} x {no penalty, the
-     gain-adjusted SO penalty of the paper's eq. 11} x seeds; best validation and test accuracy
-     per gain with 95% t intervals, and the paired (by seed: same U, read-out, batch order and
-     orthogonal draw, only the gain differs) differences g* - each hand-picked gain.
+  1. theory: the input drive q_in,t = E||x_t U||**2 / H from the pixel second moments and the
+     Glorot variance, checked against the drive of the actual U of every training seed; g* in
+     the three readings of the input (stationary at the time-averaged drive, time-dependent at
+     the data-averaged drive, per-example), and the curves q*(g), chi(g) and the predicted
+     log-growth rate per step (`isometry.rnn_meanfield`);
+  2. measurement: width-H RNNs at init (the model itself: Keras init, zero initial state)
+     driven by real rows; their pre-activation variances q_t and log-growth rate of
+     E||J^T u||**2 per step over a gain grid, against the three readings;
+  3. spectra: the free-probability density of J = dh_T / dh_0's squared singular values
+     (`freeprob`, T equal factors D W with the D law at the stationary q*, i.e. W drawn afresh
+     every step) against four sampled Jacobians, with the KS distance: untied W and Gaussian
+     drive (what freeprob assumes), tied W and Gaussian drive (the RNN's weight sharing), tied W
+     and real rows from the zero state at width N, and the H-unit model itself.
 
-Writes into out_dir: study.json (everything above), meanfield.png, spectra.png, accuracy.png and
-training/ (the sweep's own folder, resumed if a checkpoint is there).
+Every stage takes the study's config (`rnn_gain.StudyConfig`) and the training images read row
+by row, x (N, T, D), and returns the JSON-ready record that study.json holds.
 """
-import dataclasses
 import functools
-import os
 import time
 from typing import Optional, Tuple
 
@@ -39,116 +30,17 @@ import numpy as np
 
 from isometry import data
 from isometry import freeprob
-from isometry import initializers
-from isometry import io
 from isometry import jacobian
 from isometry import models
-from isometry import presets
+from isometry import plots
 from isometry import rnn_meanfield as rm
 from isometry import train
-from isometry import stats
-from isometry.stats import paired_difference
 
 READINGS = ("stationary", "trajectory", "per_example")
 VARIANTS = ("untied_gaussian", "tied_gaussian", "data_wide", "data_model")
-METRICS = ("best_val_accuracy", "test_accuracy")
 _ACTIVATION = "tanh"        # the model is a tanh SimpleRNN
 _NUM_CLASSES = train.NUM_CLASSES
 _QUANTILES = 201            # points of each empirical CDF kept in study.json
-
-
-@dataclasses.dataclass(frozen=True)
-class StudyConfig:
-  """Settings of the study (frozen; validated on construction).
-
-  Attributes:
-    dataset: mnist or fashion_mnist (row-by-row, T = D = 28).
-    data_dir: IDX folder or TFDS dir; None: `data.resolve_data_dir` (the offline copy, else TFDS).
-    synthetic: random 8 x 8 images instead of the dataset (smoke runs; nothing to learn).
-    hidden: H, the model's units.
-    seed: PRNG seed of the theory-side samples (networks, images, tangents).
-    theory_examples: training examples whose per-example drives set the per-example g*.
-    curve_gains: gain grid of the mean-field curves and of the measured growth rate.
-    measure_networks, measure_examples, tangents: per gain of the grid, H-unit networks, images
-      per network and random cotangents u per image for the measured growth rate.
-    hand_gains: the seed's hand-picked gains (and 1).
-    spectrum_width: N of the wide sampled Jacobians (untied, tied, data_wide).
-    spectrum_networks: networks per gain at width N.
-    model_networks: H-unit networks per gain (one image each) for the model's spectrum.
-    grid_points: points of the predicted density's grid.
-    regularizer, reg_strength: the penalty of the regularized half of the sweep ("so" is
-      ||W^T W / g^2 - I||_F^2, the paper's eq. 11; strength 1 as configs2's "adj_Reg1").
-    seeds: seeds per (gain, penalty) (>= 2 for intervals).
-    epochs, lr, batch_size, val_size, max_train_examples, unroll: as `train.TrainConfig`.
-  """
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic: bool = False
-  hidden: int = presets.SEED_HIDDEN
-  seed: int = 0
-  theory_examples: int = 2048
-  curve_gains: Tuple[float, ...] = tuple(np.round(np.arange(0.8, 1.6001, 0.05), 3).tolist())
-  measure_networks: int = 32
-  measure_examples: int = 8
-  tangents: int = 8
-  hand_gains: Tuple[float, ...] = (1.0, 1.025, 1.25)
-  spectrum_width: int = 512
-  spectrum_networks: int = 4
-  model_networks: int = 16
-  grid_points: int = 400
-  regularizer: str = "so"
-  reg_strength: float = 1.0
-  seeds: int = 5
-  epochs: int = 8
-  lr: float = presets.SEED_LEARNING_RATE
-  batch_size: int = presets.SEED_BATCH_SIZE
-  val_size: int = 12000
-  max_train_examples: Optional[int] = None
-  unroll: int = 4
-
-  def __post_init__(self):
-    for name in ("curve_gains", "hand_gains"):
-      object.__setattr__(self, name, tuple(float(g) for g in getattr(self, name)))
-    if self.dataset not in ("mnist", "fashion_mnist"):
-      raise ValueError(f"dataset must be mnist or fashion_mnist (28 x 28 rows), got "
-                       f"{self.dataset!r}")
-    for name in ("hidden", "theory_examples", "measure_networks", "measure_examples",
-                 "tangents", "spectrum_width", "spectrum_networks", "model_networks",
-                 "epochs", "batch_size", "val_size", "unroll"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.seeds < 2:
-      raise ValueError(f"seeds must be >= 2 for confidence intervals, got {self.seeds}")
-    if self.grid_points < 10:
-      raise ValueError(f"grid_points must be >= 10, got {self.grid_points}")
-    if len(self.curve_gains) < 2 or any(g <= 0 for g in self.curve_gains):
-      raise ValueError(f"curve_gains must be >= 2 positive gains, got {self.curve_gains}")
-    if not self.hand_gains or any(g <= 0 for g in self.hand_gains):
-      raise ValueError(f"hand_gains must be positive, got {self.hand_gains}")
-    if self.reg_strength <= 0:
-      raise ValueError(f"reg_strength must be > 0, got {self.reg_strength}")
-    if self.lr <= 0:
-      raise ValueError(f"lr must be > 0, got {self.lr}")
-    if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
-      raise ValueError(f"max_train_examples must be >= batch_size, got {self.max_train_examples}")
-    if self.data_dir is not None and not os.path.isdir(self.data_dir):
-      raise ValueError(f"data_dir {self.data_dir!r} is not a directory")
-
-
-def quick_config() -> StudyConfig:
-  """A smoke run on tiny synthetic data: every stage, in seconds."""
-  return StudyConfig(synthetic=True, hidden=16, theory_examples=32,
-                     curve_gains=(0.8, 1.2, 1.6, 2.0), measure_networks=2, measure_examples=2,
-                     tangents=2, spectrum_width=32, spectrum_networks=2, model_networks=2,
-                     grid_points=60, seeds=2, epochs=1, batch_size=16, val_size=16, unroll=1)
-
-
-def load(config: StudyConfig) -> data.Dataset:
-  """The study's images (train / val / test), synthetic for smoke runs."""
-  if config.synthetic:
-    return data.synthetic_dataset(num_train=64, num_val=16, num_test=16, side=8)
-  data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
-  return data.load_dataset(config.dataset, data_dir, val_size=config.val_size)
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -238,7 +130,8 @@ def _data_spectra(key, gain, width, input_dim, x, input_variance):
 
 # ------------------------------------------------------------------------------------ stages
 
-def _rows(images) -> np.ndarray:
+def rows(images) -> np.ndarray:
+  """Images as float64 row sequences (N, T, D), the RNN's input."""
   return np.asarray(data.sequence_view(images, "row"), np.float64)
 
 
@@ -246,24 +139,19 @@ def _sample(rng, x, n):
   return x[rng.choice(len(x), size=min(n, len(x)), replace=False)]
 
 
-def seed_input_kernel(seed: int, input_dim: int, hidden: int) -> np.ndarray:
-  """The input kernel U that `isometry.train` draws for `seed` (float32, as trained).
+def theory(config, x: np.ndarray, input_kernels: np.ndarray, rng) -> dict:
+  """Input drive statistics, g* in every reading, and the mean-field curves over gain.
 
-  train.make_train initialises member params from fold_in(key(seed), 0) with `models.init_rnn`,
-  whose input kernel does not depend on the recurrent initializer or gain.
+  Args:
+    config: the study.
+    x: (N, T, D) training images as rows.
+    input_kernels: (seeds, D, H) the input kernel U each training seed draws (float32).
+    rng: numpy Generator of the theory-side samples.
   """
-  key = jax.random.fold_in(jax.random.key(seed), 0)
-  recurrent = models.mixed_initializer(("orthogonal",), 0, 1.0)
-  return np.asarray(models.init_rnn(key, input_dim, hidden, _NUM_CLASSES, recurrent)["input"])
-
-
-def theory(config: StudyConfig, x: np.ndarray, rng) -> dict:
-  """Input drive statistics, g* in every reading, and the mean-field curves over gain."""
   steps, input_dim = x.shape[1:]
   variance = rm.glorot_variance(input_dim, config.hidden)
   q_in = rm.expected_input_drive_variance(x, variance)
-  per_seed = np.stack([rm.input_drive_variance(x, seed_input_kernel(s, input_dim, config.hidden))
-                       for s in range(config.seeds)])
+  per_seed = np.stack([rm.input_drive_variance(x, u) for u in input_kernels])
   examples = _sample(rng, x, config.theory_examples)
   per_example = rm.example_drive_variances(examples, variance)
   q_bar = float(q_in.mean())
@@ -271,8 +159,8 @@ def theory(config: StudyConfig, x: np.ndarray, rng) -> dict:
   critical = {name: rm.rnn_critical_gain(_ACTIVATION, q) for name, q in readings.items()}
   # g* with each training seed's own U (per-example drives ||x_t U||^2 / H).
   per_seed_critical = []
-  for s in range(config.seeds):
-    u = seed_input_kernel(s, input_dim, config.hidden).astype(np.float64)
+  for u in input_kernels:
+    u = u.astype(np.float64)
     drives = np.mean(np.square(np.einsum("btd,dh->bth", examples, u)), axis=-1)
     per_seed_critical.append(rm.rnn_critical_gain(_ACTIVATION, drives))
   gains = np.asarray(config.curve_gains)
@@ -302,7 +190,7 @@ def theory(config: StudyConfig, x: np.ndarray, rng) -> dict:
   }
 
 
-def measure(config: StudyConfig, x: np.ndarray, th: dict, key, rng) -> dict:
+def measure(config, x: np.ndarray, th: dict, key, rng) -> dict:
   """Growth rates and q_t of H-unit RNNs at init on real rows, over `curve_gains`."""
   rates, rate_se, q_profiles = [], [], []
   n, b = config.measure_networks, config.measure_examples
@@ -343,7 +231,7 @@ def _cdf_summary(samples):
   return {"probabilities": probabilities, "quantiles": np.quantile(samples, probabilities)}
 
 
-def spectra(config: StudyConfig, x: np.ndarray, th: dict, gains, key, rng) -> list:
+def spectra(config, x: np.ndarray, th: dict, gains, key, rng) -> list:
   """Stationary free-probability spectrum of J against the four sampled variants, per gain."""
   steps, input_dim = th["steps"], th["input_dim"]
   sigma_eff = float(rm.effective_sigma_b(th["q_in_mean"]))
@@ -406,68 +294,12 @@ def spectra(config: StudyConfig, x: np.ndarray, th: dict, gains, key, rng) -> li
   return cases
 
 
-def train_config(config: StudyConfig, g_star: float) -> train.TrainConfig:
-  """The sweep: gains {round(g*, 3)} + hand_gains x {0, reg_strength} x seeds, orthogonal init."""
-  gains = (round(g_star, 3),) + tuple(g for g in config.hand_gains if g != round(g_star, 3))
-  members = train.product_members(gains=gains, reg_strengths=(0.0, config.reg_strength),
-                                  lrs=(config.lr,), seeds=config.seeds, gain_adjusted=True)
-  data_dir = data.resolve_data_dir(config.dataset, config.data_dir)
-  return train.TrainConfig(
-      members=members, model="rnn", dataset=config.dataset,
-      data_dir=None if config.synthetic else data_dir, task="row", hidden=config.hidden,
-      regularizer=config.regularizer, optimizer="adam", batch_size=config.batch_size,
-      epochs=config.epochs, unroll=config.unroll, val_size=config.val_size,
-      max_train_examples=config.max_train_examples, eval_batch_size=min(1000, config.val_size))
-
-
-def _per_seed(metrics: dict, gain: float, reg: float, metric: str, seeds: int) -> np.ndarray:
-  """(seeds,) values of `metric`, NaN for a diverged or missing member."""
-  values = np.full(seeds, np.nan)
-  for m in metrics["members"]:
-    c = m["config"]
-    if c["gain"] != gain or c["reg_strength"] != reg or m["status"] != "done":
-      continue
-    if metric == "test_accuracy":
-      value = m["test_accuracy"]
-    else:
-      accuracies = [e["val_accuracy"] for e in m["epochs"] if e["val_accuracy"] is not None]
-      value = max(accuracies) if accuracies else None
-    if value is not None:
-      values[c["seed"]] = value
-  return values
-
-
-def summarize_training(config: StudyConfig, tc: train.TrainConfig, metrics: dict) -> dict:
-  """Per (gain, penalty): intervals of METRICS; paired g* - each other gain, per penalty."""
-  gains = list(dict.fromkeys(m.gain for m in tc.members))
-  regs = list(dict.fromkeys(m.reg_strength for m in tc.members))
-  results, comparisons = [], []
-  for reg in regs:
-    for gain in gains:
-      results.append({"gain": gain, "reg_strength": reg, **{
-          metric: stats.interval(_per_seed(metrics, gain, reg, metric, config.seeds))
-          for metric in METRICS}})
-    for other in gains[1:]:
-      comparisons.append({"g_star": gains[0], "gain": other, "reg_strength": reg, **{
-          metric: paired_difference(_per_seed(metrics, gains[0], reg, metric, config.seeds),
-                                    _per_seed(metrics, other, reg, metric, config.seeds))
-          for metric in METRICS}})
-  return {"results": results, "comparisons": comparisons}
-
-
 # ----------------------------------------------------------------------------------- figures
-
-def _plt():
-  import matplotlib  # Deferred: matplotlib takes a second to import.
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
 
 def meanfield_figure(result: dict):
   """Growth rate per step vs gain (three readings and the measurement), q* and chi vs gain,
   and q_t at g*."""
-  plt = _plt()
+  plt = plots.pyplot()
   th, me = result["theory"], result["measurement"]
   c = th["curves"]
   gains = np.asarray(c["gains"])
@@ -520,7 +352,7 @@ def meanfield_figure(result: dict):
 
 def spectra_figure(result: dict):
   """CDFs of log10 lambda: stationary free probability against the four sampled variants."""
-  plt = _plt()
+  plt = plots.pyplot()
   cases = result["spectra"]
   fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.8), squeeze=False)
   colors = dict(zip(VARIANTS, ("C0", "C1", "C2", "C3")))
@@ -546,112 +378,3 @@ def spectra_figure(result: dict):
   axes[0][0].set_ylabel("CDF")
   fig.tight_layout()
   return fig
-
-
-def accuracy_figure(result: dict):
-  """Best validation and test accuracy per gain, mean with 95% CI and the seeds."""
-  plt = _plt()
-  rows = result["training"]["summary"]["results"]
-  fig, axes = plt.subplots(1, len(METRICS), figsize=(11, 4), squeeze=False)
-  regs = sorted({r["reg_strength"] for r in rows})
-  gains = sorted({r["gain"] for r in rows})
-  g_star = result["theory"]["g_star"]
-  # Categorical positions: g* and a hand-picked gain can be closer than their labels are wide.
-  position = {g: i for i, g in enumerate(gains)}
-  for ax, metric in zip(axes[0], METRICS):
-    for j, reg in enumerate(regs):
-      offset = (j - (len(regs) - 1) / 2) * 0.2
-      sel = [r for r in rows if r["reg_strength"] == reg]
-      x = np.asarray([position[r["gain"]] for r in sel]) + offset
-      mean = [r[metric]["mean"] for r in sel]
-      half = [r[metric]["ci95"] for r in sel]
-      label = "no penalty" if reg == 0 else f"SO (eq. 11) x {reg:g}, gain-adjusted"
-      ax.errorbar(x, mean, yerr=half, fmt="o", color=f"C{j}", capsize=3, label=label)
-      for xi, r in zip(x, sel):
-        values = np.asarray(r[metric]["values"], float)
-        ax.plot(np.full(values.size, xi + 0.08), values, ".", color=f"C{j}", alpha=0.4, ms=4)
-    ax.set_xticks(range(len(gains)))
-    ax.set_xticklabels([f"g*={g:g}" if abs(g - round(g_star, 3)) < 1e-9 else f"{g:g}"
-                        for g in gains])
-    ax.set_xlabel("recurrent init gain")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(f"{metric.replace('_', ' ')}: mean, 95% CI (t), seeds", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  return fig
-
-
-# --------------------------------------------------------------------------------------- run
-
-def run(config: StudyConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
-  """All four stages; writes study.json, the figures and training/ into out_dir.
-
-  Args:
-    config: the study.
-    out_dir: results folder.
-    dataset: preloaded images (default: `load(config)`).
-
-  Returns:
-    The study.json content. If the training sweep is interrupted, training.status says so and
-    the accuracy figure is not drawn; running again resumes it.
-
-  Raises:
-    train.SetupError: the data cannot be loaded or does not fit the settings (nothing written).
-  """
-  if dataset is None:
-    try:
-      dataset = load(config)
-    except ValueError as e:
-      raise train.SetupError(str(e)) from e
-  result = {"config": dataclasses.asdict(config),
-            "dataset": "synthetic" if config.synthetic else config.dataset,
-            "timings_seconds": {}}
-  x = _rows(dataset.train_x)
-  rng = np.random.default_rng(config.seed)
-  key = jax.random.key(config.seed)
-  k_measure, k_spectra = jax.random.split(key)
-
-  start = time.time()
-  th = theory(config, x, rng)
-  result["theory"] = th
-  result["timings_seconds"]["theory"] = time.time() - start
-  logging.info("q_in (time average) %.4f; critical gains: %s; per seed kernel %s",
-               th["q_in_mean"], th["critical_gain"],
-               np.round(th["critical_gain_per_seed_kernel"], 4))
-
-  start = time.time()
-  result["measurement"] = measure(config, x, th, k_measure, rng)
-  result["timings_seconds"]["measurement"] = time.time() - start
-  logging.info("measured growth rate: g* %s, rms error per reading %s",
-               result["measurement"]["g_star_measured"], result["measurement"]["rms_rate_error"])
-
-  start = time.time()
-  gains = (th["g_star"],) + tuple(config.hand_gains)
-  result["spectra"] = spectra(config, x, th, gains, k_spectra, rng)
-  result["timings_seconds"]["spectra"] = time.time() - start
-  os.makedirs(out_dir, exist_ok=True)
-  io.write_json(os.path.join(out_dir, "study.json"), result)
-  io.save_figure(meanfield_figure(result), os.path.join(out_dir, "meanfield.png"))
-  io.save_figure(spectra_figure(result), os.path.join(out_dir, "spectra.png"))
-
-  start = time.time()
-  tc = train_config(config, th["g_star"])
-  metrics = train.run(tc, os.path.join(out_dir, "training"), resume=True, dataset=dataset)
-  status = io.read_json(os.path.join(out_dir, "training", "status.json"))
-  result["timings_seconds"]["training"] = time.time() - start
-  result["training"] = {"status": status["status"], "epochs_done": status["epochs_done"],
-                        "gains": list(dict.fromkeys(m.gain for m in tc.members))}
-  if status["status"] != "interrupted":
-    summary = summarize_training(config, tc, metrics)
-    result["training"]["summary"] = summary
-    for c in summary["comparisons"]:
-      for metric in METRICS:
-        d = c[metric]
-        logging.info("reg %g, %s: g*=%g - g=%g: %+.4f +- %.4f (95%% CI, %d pairs, p=%.3g)",
-                     c["reg_strength"], metric, c["g_star"], c["gain"], d["mean_difference"],
-                     d["ci95"], d["n_pairs"], d["p_value"])
-  io.write_json(os.path.join(out_dir, "study.json"), result)
-  if "summary" in result["training"]:
-    io.save_figure(accuracy_figure(result), os.path.join(out_dir, "accuracy.png"))
-  return result

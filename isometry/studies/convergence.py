@@ -45,7 +45,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Optional, Tuple
+from typing import Tuple
 
 from absl import logging
 import jax
@@ -58,14 +58,17 @@ from isometry import data
 from isometry import io
 from isometry import meanfield
 from isometry import models
+from isometry import plots
 from isometry import stats
+from isometry.studies import harness
 
 INITS = ("orthogonal", "gaussian")
 _DTYPE = jnp.float32
+SUMMARY = "convergence.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvergenceStudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study B measures. Defaults: the committed run (7-10 minutes on 2 shared CPU cores).
 
   Attributes:
@@ -85,7 +88,7 @@ class ConvergenceStudyConfig:
     tanh_steps: gradient steps (the budget).
     tanh_threshold: training cross-entropy that counts as converged.
     dataset, data_dir: images of part 2 (data_dir None: the offline copy or TFDS).
-    synthetic_data: part 2 on a tiny synthetic task (smoke tests, --quick).
+    synthetic: part 2 on a tiny synthetic task (smoke tests, --quick).
   """
   inits: Tuple[str, ...] = INITS
   seeds: int = 5
@@ -103,41 +106,32 @@ class ConvergenceStudyConfig:
   tanh_lr: float = 1.0
   tanh_steps: int = 400
   tanh_threshold: float = 0.5
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic_data: bool = False
 
   def __post_init__(self):
     for name in ("inits", "linear_depths", "tanh_depths"):
       object.__setattr__(self, name, tuple(getattr(self, name)))
-    if not self.inits or any(i not in INITS for i in self.inits):
-      raise ValueError(f"inits must be among {', '.join(INITS)}, got {self.inits}")
-    if self.seeds < 2:
-      raise ValueError(f"seeds must be >= 2 for a confidence interval, got {self.seeds}")
+    harness.check_choices(self, "inits", INITS, allow_empty=False)
+    harness.check_seeds(self)
     for name in ("linear_depths", "tanh_depths"):
       depths = getattr(self, name)
-      if not depths or any(int(d) != d or d < 1 for d in depths):
-        raise ValueError(f"{name} must be integers >= 1, got {depths}")
-    for name in ("linear_width", "linear_out", "linear_steps", "tanh_width", "tanh_examples",
-                 "tanh_steps"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not self.linear_out < self.linear_width:
-      raise ValueError(f"linear_out ({self.linear_out}) must be < linear_width "
-                       f"({self.linear_width}); see the module docstring")
-    for name in ("linear_lr", "linear_threshold", "tanh_lr", "tanh_threshold", "q_star"):
-      if not getattr(self, name) > 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-    if self.dataset not in data.NAMES:
-      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.NAMES)}")
+      harness.check(bool(depths) and all(int(d) == d and d >= 1 for d in depths),
+                    f"{name} must be integers >= 1, got {depths}")
+    harness.check_at_least(self, ("linear_width", "linear_out", "linear_steps", "tanh_width",
+                                  "tanh_examples", "tanh_steps"))
+    harness.check(self.linear_out < self.linear_width,
+                  f"linear_out ({self.linear_out}) must be < linear_width ({self.linear_width}); "
+                  "see the module docstring")
+    harness.check_positive(self, ("linear_lr", "linear_threshold", "tanh_lr", "tanh_threshold",
+                                  "q_star"))
+    harness.check_data(self)
     meanfield.critical_point("tanh", self.q_star)  # ValueError where q* has no critical point.
 
   @classmethod
-  def quick(cls, **overrides) -> "ConvergenceStudyConfig":
+  def quick(cls, **overrides) -> "StudyConfig":
     """A seconds-long smoke version: small networks, few steps, a synthetic task for part 2."""
     settings = dict(linear_depths=(1, 2, 4), linear_width=8, linear_out=4, linear_steps=100,
                     tanh_depths=(1, 2, 4), tanh_width=16, tanh_examples=64, tanh_steps=40,
-                    tanh_threshold=2.0, synthetic_data=True)
+                    tanh_threshold=2.0, synthetic=True)
     settings.update(overrides)
     return cls(**settings)
 
@@ -236,7 +230,7 @@ def _train_linear_members(params, teacher, depth, lr0, steps):
                                                                     lr0, steps)
 
 
-def deep_linear_sweep(config: ConvergenceStudyConfig) -> np.ndarray:
+def deep_linear_sweep(config: StudyConfig) -> np.ndarray:
   """Relative-error curves of every (depth, init, seed) member, trained in one vmapped jit.
 
   The teacher and the weights of member (depth, init, s) come from fold_in(key(seed), s):
@@ -321,28 +315,25 @@ def _train_tanh_members(params, x, y, depth, lr0, steps):
                                                                           lr0, steps)
 
 
-def load_tanh_data(config: ConvergenceStudyConfig):
+def load_tanh_data(config: StudyConfig):
   """(x, y) of part 2: the first tanh_examples training images, prepared for the critical point.
 
   Raises:
     data.DataUnavailableError: the dataset cannot be read here, or has fewer than
       tanh_examples training images.
   """
-  if config.synthetic_data:
-    dataset = data.synthetic_dataset(max(config.tanh_examples, 16), 32, 32, side=6)
-  else:
-    dataset = data.load_dataset(config.dataset,
-                                data.resolve_data_dir(config.dataset, config.data_dir))
+  smoke = harness.Synthetic(max(config.tanh_examples, 16), 32, 32, side=6)
+  dataset = config.images(smoke=smoke)
   if len(dataset.train_x) < config.tanh_examples:
-    raise data.DataUnavailableError(f"tanh_examples={config.tanh_examples} > {len(dataset.train_x)} training "
-                     "examples")
+    raise data.DataUnavailableError(f"tanh_examples={config.tanh_examples} > "
+                                    f"{len(dataset.train_x)} training examples")
   sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", config.q_star))
   x = prepare_inputs(dataset.train_x[:config.tanh_examples], dataset.train_x.mean(axis=0),
                      config.q_star, sigma_w, sigma_b)
   return x, np.asarray(dataset.train_y[:config.tanh_examples], np.int32)
 
 
-def tanh_sweep(config: ConvergenceStudyConfig, x, y) -> np.ndarray:
+def tanh_sweep(config: StudyConfig, x, y) -> np.ndarray:
   """Loss curves of every (depth, init, seed) member: one vmapped program per depth.
 
   Returns:
@@ -429,14 +420,12 @@ def _curve_summary(curves, depths, inits) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Figures.
 
-_COLORS = {"orthogonal": "tab:blue", "gaussian": "tab:red"}
+_COLORS = plots.WEIGHT_COLORS
 
 
 def plot_steps(result: dict):
   """B1: steps to threshold against depth, both tasks, mean of log10 over seeds +- 95% CI."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, task in zip(axes, ("linear", "tanh")):
     part = result[task]
@@ -475,9 +464,7 @@ def plot_steps(result: dict):
 
 def plot_curves(result: dict, num_depths: int = 4):
   """B2: loss curves for a few depths (log-log), both tasks, per init."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, task in zip(axes, ("linear", "tanh")):
     part = result[task]
@@ -508,17 +495,27 @@ def plot_curves(result: dict, num_depths: int = 4):
   return fig
 
 
-def run(config: ConvergenceStudyConfig, out_dir: str) -> dict:
+FIGURES = {"B1_steps_vs_depth.png": plot_steps, "B2_loss_curves.png": plot_curves}
+
+
+def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> dict:
   """Runs both parts; writes convergence.json, curves.npz and the two figures into out_dir.
+
+  Args:
+    config: the study.
+    out_dir: results folder.
+    overwrite: replace a finished study in out_dir (else refused before any work).
 
   Returns:
     The JSON content: {"config", "linear": {...}, "tanh": {...}, "seconds"}.
 
   Raises:
-    data.DataUnavailableError: part 2's dataset cannot be read (before anything is written).
+    data.DataUnavailableError, train.SetupError: part 2's dataset cannot be read, or out_dir
+      holds a finished study (before anything is written).
   """
   start = time.perf_counter()
-  x, y = load_tanh_data(config)  # First, so missing data fails before any work.
+  # The data first, so that missing data fails before any work.
+  x, y = harness.start(out_dir, SUMMARY, overwrite, lambda: load_tanh_data(config))
   sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", config.q_star))
 
   t0 = time.perf_counter()
@@ -545,15 +542,14 @@ def run(config: ConvergenceStudyConfig, out_dir: str) -> dict:
       "tanh": {
           "title": (f"tanh at chi=1 (q*={config.q_star:.4g}: sigma_w={sigma_w:.4f}, "
                     f"sigma_b={sigma_b:.4g}), width {config.tanh_width},\n"
-                    f"{'synthetic' if config.synthetic_data else config.dataset} "
+                    f"{'synthetic' if config.synthetic else config.dataset} "
                     f"n={config.tanh_examples}, full-batch GD, lr={config.tanh_lr:g}/(depth+1)"),
           "depth_label": "depth (hidden layers)", "loss_label": "train cross-entropy",
           "threshold": config.tanh_threshold, "max_steps": config.tanh_steps,
           "inits": config.inits, "depths": config.tanh_depths,
           "sigma_w": sigma_w, "sigma_b": sigma_b,
-          "dataset": "synthetic" if config.synthetic_data else config.dataset,
-          "data_dir": None if config.synthetic_data else data.resolve_data_dir(config.dataset,
-                                                                           config.data_dir),
+          "dataset": "synthetic" if config.synthetic else config.dataset,
+          "data_dir": config.train_data()["data_dir"],
           "summary": summarize_steps(tanh_steps, config.tanh_depths, config.inits),
           "final_loss_max": tanh_curves[..., -1].max(axis=-1),
           "curves": _curve_summary(tanh_curves, config.tanh_depths, config.inits),
@@ -563,7 +559,6 @@ def run(config: ConvergenceStudyConfig, out_dir: str) -> dict:
     for e in result[task]["summary"]:
       logging.info("%s depth %d %s: steps %s", task, e["depth"], e["init"], e["steps"])
   result["seconds"] = time.perf_counter() - start
-  io.write_json(os.path.join(out_dir, "convergence.json"), result)
   with io.atomic_path(os.path.join(out_dir, "curves.npz")) as tmp:
     with open(tmp, "wb") as f:
       np.savez_compressed(f, linear=linear_curves.astype(np.float32),
@@ -571,7 +566,6 @@ def run(config: ConvergenceStudyConfig, out_dir: str) -> dict:
                           linear_depths=np.asarray(config.linear_depths),
                           tanh_depths=np.asarray(config.tanh_depths),
                           inits=np.asarray(config.inits))
-  io.save_figure(plot_steps(result), os.path.join(out_dir, "B1_steps_vs_depth.png"))
-  io.save_figure(plot_curves(result), os.path.join(out_dir, "B2_loss_curves.png"))
+  harness.save(out_dir, SUMMARY, result, FIGURES)
   logging.info("study B done in %.0fs: %s", result["seconds"], out_dir)
   return result

@@ -25,8 +25,8 @@ Penalty on W^T W / g^2 (gain-adjusted), so at an orthogonal init of gain g it st
 only acts against the drift that training causes (Hlav 2019, eq. 11; Bansal et al. 2018's SO).
 
 `run(config, out_dir)` trains out_dir/mlp/ and out_dir/rnn_<task>/ (each an `isometry.train`
-run folder, resumed when already there), then writes study.json, benefit_vs_depth.png,
-benefit_row_vs_pixel.png and learning_curves.png.
+run folder, by `harness.run_sweeps`: running again continues an interrupted study), then writes
+study.json, benefit_vs_depth.png, benefit_row_vs_pixel.png and learning_curves.png.
 
 References:
   N. Bansal, X. Chen, Z. Wang, Can we gain more from orthogonality regularizations in training
@@ -36,7 +36,6 @@ References:
   M. Hlav, Dynamical isometry as a consequence of weight orthogonality, 2019.
 """
 import dataclasses
-import os
 import time
 from typing import Optional, Tuple
 
@@ -44,38 +43,41 @@ from absl import logging
 import numpy as np
 
 from isometry import data
-from isometry import io
+from isometry import plots
 from isometry import regularizers
 from isometry import stats
 from isometry import train
+from isometry.studies import harness
 
 TASKS = ("row", "pixel")
 METRICS = ("test_accuracy", "best_val_accuracy")
 CHANCE = 0.1  # Ten classes.
+SUMMARY = "study.json"
+# The smoke runs' images: 6 x 6, so the pixel task has T = 36.
+SYNTHETIC_SIDE = 6
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class StudyConfig(harness.DataConfig):
   """What study E trains. Defaults: the committed run (see results/E_benefit/README.md).
 
   Attributes:
     depths: MLP depths (hidden layers, >= 2 so there is a hidden kernel to penalize); empty
       skips the MLP arm.
-    tasks: RNN tasks among TASKS; empty skips the RNN arm.
+    tasks: RNN tasks among row, pixel; empty skips the RNN arm.
     regularizer: penalty name (`isometry.regularizers`), "so" by default.
     reg_strength: penalty strength of the penalized arm (the other has 0).
     seeds: seeds 0..seeds-1 (>= 2 for an interval); seed s gives the same init and batch
       order with and without the penalty.
     epochs, batch_size: training length and batch size, shared by every arm.
-    max_train_examples: the first n training examples (None: all), shared by every arm.
+    max_train_examples: the first n training examples (None or 0: all), shared by every arm.
     val_size: training examples held out for validation.
     width, mlp_gain, mlp_sigma_b, mlp_lr: the MLPs (orthogonal kernels at gain mlp_gain,
       biases N(0, mlp_sigma_b^2), Adam at mlp_lr).
     hidden, rnn_gain, rnn_lr, unroll: the RNNs (orthogonal recurrent kernel at gain rnn_gain,
       Adam at rnn_lr, lax.scan unroll over time).
     dataset, data_dir: images (data_dir None: `data.resolve_data_dir`).
-    synthetic_side: train on `data.synthetic_dataset(learnable=True)` images of this side
-      instead of `dataset` (smoke runs); None: real data.
+    synthetic: train on learnable 6 x 6 synthetic images instead (smoke runs).
   """
   depths: Tuple[int, ...] = (2, 8, 32)
   tasks: Tuple[str, ...] = TASKS
@@ -94,50 +96,35 @@ class StudyConfig:
   rnn_gain: float = 1.0
   rnn_lr: float = 1e-3
   unroll: int = 8
-  dataset: str = "fashion_mnist"
-  data_dir: Optional[str] = None
-  synthetic_side: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, "depths", tuple(self.depths))
     object.__setattr__(self, "tasks", tuple(self.tasks))
-    if not self.depths and not self.tasks:
-      raise ValueError("nothing to run: depths and tasks are both empty")
-    if any(int(d) != d or d < 2 for d in self.depths):
-      raise ValueError(f"depths must be integers >= 2 (a depth-1 MLP has no hidden kernel to "
-                       f"penalize), got {self.depths}")
-    if len(set(self.depths)) != len(self.depths):
-      raise ValueError(f"depths has repeats: {self.depths}")
-    if any(t not in TASKS for t in self.tasks) or len(set(self.tasks)) != len(self.tasks):
-      raise ValueError(f"tasks must be distinct, among {', '.join(TASKS)}; got {self.tasks}")
-    if self.regularizer == "none" or self.regularizer not in regularizers.NAMES:
-      raise ValueError(f"regularizer must be one of "
-                       f"{', '.join(n for n in regularizers.NAMES if n != 'none')}, got "
-                       f"{self.regularizer!r}")
-    for name in ("reg_strength", "mlp_gain", "mlp_lr", "rnn_gain", "rnn_lr"):
-      value = getattr(self, name)
-      if not (value > 0 and np.isfinite(value)):
-        raise ValueError(f"{name} must be > 0, got {value}")
-    if not self.mlp_sigma_b >= 0:
-      raise ValueError(f"mlp_sigma_b must be >= 0, got {self.mlp_sigma_b}")
-    if self.seeds < 2:
-      raise ValueError(f"seeds must be >= 2 for a confidence interval, got {self.seeds}")
-    for name in ("epochs", "batch_size", "val_size", "width", "hidden", "unroll"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if self.max_train_examples is not None and self.max_train_examples < self.batch_size:
-      raise ValueError(f"max_train_examples ({self.max_train_examples}) must be >= batch_size "
-                       f"({self.batch_size})")
-    if self.dataset not in data.NAMES:
-      raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.NAMES)}")
-    if self.synthetic_side is not None and self.synthetic_side < 2:
-      raise ValueError(f"synthetic_side must be >= 2, got {self.synthetic_side}")
+    if self.max_train_examples == 0:
+      object.__setattr__(self, "max_train_examples", None)
+    harness.check(bool(self.depths or self.tasks), "nothing to run: depths and tasks are both "
+                  "empty")
+    harness.check(all(int(d) == d and d >= 2 for d in self.depths),
+                  f"depths must be integers >= 2 (a depth-1 MLP has no hidden kernel to "
+                  f"penalize), got {self.depths}")
+    harness.check(len(set(self.depths)) == len(self.depths), f"depths has repeats: {self.depths}")
+    harness.check_choices(self, "tasks", TASKS)
+    penalties = [n for n in regularizers.NAMES if n != "none"]
+    harness.check(self.regularizer in penalties, f"regularizer must be one of "
+                  f"{', '.join(penalties)}, got {self.regularizer!r}")
+    harness.check_positive(self, ("reg_strength", "mlp_gain", "mlp_lr", "rnn_gain", "rnn_lr"))
+    harness.check(self.mlp_sigma_b >= 0, f"mlp_sigma_b must be >= 0, got {self.mlp_sigma_b}")
+    harness.check_seeds(self)
+    harness.check_at_least(self, ("epochs", "batch_size", "val_size", "width", "hidden",
+                                  "unroll"))
+    harness.check_examples(self, "max_train_examples", "batch_size")
+    harness.check_data(self)
 
   @classmethod
   def quick(cls, **overrides) -> "StudyConfig":
     """A seconds-long smoke version: tiny networks on 6 x 6 synthetic images (pixel T = 36)."""
     settings = dict(depths=(2, 4), seeds=2, epochs=2, batch_size=16, max_train_examples=None,
-                    val_size=32, width=16, hidden=8, unroll=1, synthetic_side=6)
+                    val_size=32, width=16, hidden=8, unroll=1, synthetic=True)
     settings.update(overrides)
     return cls(**settings)
 
@@ -148,11 +135,8 @@ def load_data(config: StudyConfig) -> data.Dataset:
   Raises:
     data.DataUnavailableError: the dataset cannot be read here (the message says what to do).
   """
-  if config.synthetic_side is not None:
-    return data.synthetic_dataset(256, config.val_size, 64, side=config.synthetic_side,
-                                  learnable=True)
-  return data.load_dataset(config.dataset, data.resolve_data_dir(config.dataset, config.data_dir),
-                           val_size=config.val_size)
+  smoke = harness.Synthetic(256, config.val_size, 64, side=SYNTHETIC_SIDE, learnable=True)
+  return config.images(config.val_size, smoke)
 
 
 def _label(arm: str, reg: float) -> str:
@@ -164,15 +148,11 @@ def _strengths(config: StudyConfig) -> Tuple[float, float]:
 
 
 def _common(config: StudyConfig) -> dict:
-  synthetic = config.synthetic_side is not None
-  return dict(
-      # With synthetic images the data is passed to train.run; the name is a placeholder then.
-      dataset="mnist" if synthetic else config.dataset,
-      data_dir=None if synthetic else data.resolve_data_dir(config.dataset, config.data_dir),
-      regularizer=config.regularizer, optimizer="adam", batch_size=config.batch_size,
-      epochs=config.epochs, val_size=config.val_size,
-      max_train_examples=config.max_train_examples,
-      eval_batch_size=min(1000, config.val_size))
+  return dict(**config.train_data(),
+              regularizer=config.regularizer, optimizer="adam", batch_size=config.batch_size,
+              epochs=config.epochs, val_size=config.val_size,
+              max_train_examples=config.max_train_examples,
+              eval_batch_size=min(1000, config.val_size))
 
 
 def mlp_train_config(config: StudyConfig) -> train.TrainConfig:
@@ -210,107 +190,68 @@ def run_configs(config: StudyConfig) -> dict:
 
 
 def paired_difference(with_penalty, without_penalty) -> dict:
-  """with - without, paired by seed (`stats.paired_difference`; NaN drops the pair), under this
-  study's names: {"mean", "ci95", "n_pairs", "p_value", "penalty_wins", "differences"}."""
-  result = stats.paired_difference(with_penalty, without_penalty)
+  """with - without, paired by seed (`harness.compare`; NaN drops the pair), under this study's
+  names: {"mean", "ci95", "n_pairs", "p_value", "penalty_wins", "differences", "verdict"}."""
+  result = harness.compare(with_penalty, without_penalty)
   result["mean"] = result.pop("mean_difference")
   result["penalty_wins"] = result.pop("wins")
   return result
 
 
-def _per_seed(members: list, label: str, seeds: int) -> dict:
-  """{metric: (seeds,) values} and the validation curves (seeds, epochs + 1) of `label`;
-  NaN for a diverged or missing member."""
-  values = {metric: np.full(seeds, np.nan) for metric in METRICS}
-  curves = None
-  for m in members:
-    if m["config"]["label"] != label:
-      continue
-    seed = m["config"]["seed"]
-    curve = [m["initial"]["val_accuracy"]] + [e["val_accuracy"] for e in m["epochs"]]
-    curve = np.array([np.nan if v is None else v for v in curve], np.float64)
-    if curves is None:
-      curves = np.full((seeds, len(curve)), np.nan)
-    curves[seed] = curve
-    if m["status"] != "done":
-      continue
-    if m["test_accuracy"] is not None:
-      values["test_accuracy"][seed] = m["test_accuracy"]
-    if np.any(np.isfinite(curve[1:])):
-      values["best_val_accuracy"][seed] = np.nanmax(curve[1:])
-  return values, curves
+def orthogonality_gaps(result: harness.SweepResult, **fields) -> np.ndarray:
+  """(seeds,) max |s / g - 1| over the singular values of each selected member's penalized
+  matrices (the active hidden kernels of an MLP, the recurrent kernel), after the last epoch."""
+  mlp = result.config.model == "mlp"
+  spectra = result.spectra("hidden" if mlp else "recurrent", **fields)   # (seeds, E + 1, ...)
+  gaps = np.full(result.num_seeds, np.nan)
+  for seed, i in result.select(**fields).items():
+    member = result.config.members[i]
+    s = spectra[seed, -1, :member.depth - 1] if mlp else spectra[seed, -1]
+    gaps[seed] = np.max(np.abs(s / member.gain - 1.0))
+  return gaps
 
 
-def _orthogonality_gap(run_dir: str, train_config: train.TrainConfig, member: int) -> float:
-  """max |s / g - 1| over the singular values of the member's penalized matrices, last epoch."""
-  with np.load(os.path.join(run_dir, "spectra.npz")) as f:
-    if train_config.model == "mlp":
-      depth = train_config.members[member].depth
-      s = f["spectra/hidden"][-1, member, :depth - 1]
-    else:
-      s = f["spectra/recurrent"][-1, member]
-  gain = train_config.members[member].gain
-  return float(np.max(np.abs(np.asarray(s, np.float64) / gain - 1.0)))
-
-
-def summarize_arm(run_dir: str, train_config: train.TrainConfig, arm: str, seeds: int,
-                  reg_strength: float) -> dict:
-  """One depth or task of a finished run: accuracies, paired differences, curves, gaps."""
-  members = io.read_json(os.path.join(run_dir, "metrics.json"))["members"]
+def summarize_arm(result: harness.SweepResult, reg_strength: float, **fields) -> dict:
+  """One depth (fields: depth=d) or task of a finished sweep: accuracies with and without the
+  penalty, their paired differences, validation curves and orthogonality gaps."""
   entry = {"with_penalty": {}, "without_penalty": {}, "difference": {}, "curves": {},
            "orthogonality_gap": {}}
   per_reg = {}
   for name, reg in (("without_penalty", 0.0), ("with_penalty", reg_strength)):
-    label = _label(arm, reg)
-    values, curves = _per_seed(members, label, seeds)
-    per_reg[name] = values
-    entry[name] = {metric: stats.interval(values[metric]) for metric in METRICS}
-    mean, half = stats.mean_ci(curves, axis=0)
+    chosen = dict(fields, reg_strength=reg)
+    per_reg[name] = {metric: result.per_seed(metric, **chosen) for metric in METRICS}
+    entry[name] = {metric: stats.interval(per_reg[name][metric]) for metric in METRICS}
+    mean, half = stats.mean_ci(result.history("val_accuracy", **chosen), axis=0)
     entry["curves"][name] = {"val_accuracy_mean": mean, "val_accuracy_ci95": half}
-    index = [i for i, m in enumerate(train_config.members) if m.label == label]
-    entry["orthogonality_gap"][name] = stats.interval(
-        [_orthogonality_gap(run_dir, train_config, i) for i in index])
-    entry[name]["diverged"] = sum(1 for m in members
-                                  if m["config"]["label"] == label and m["status"] == "diverged")
+    entry["orthogonality_gap"][name] = stats.interval(orthogonality_gaps(result, **chosen))
+    entry[name]["diverged"] = int(result.diverged(**chosen).sum())
   for metric in METRICS:
     entry["difference"][metric] = paired_difference(per_reg["with_penalty"][metric],
                                                     per_reg["without_penalty"][metric])
   return entry
 
 
-def analyse(config: StudyConfig, out_dir: str) -> dict:
-  """Reads the finished runs under out_dir; returns the study.json content (minus timings)."""
-  runs = run_configs(config)
+def analyse(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
+  """The study.json content (minus timings) from the finished sweeps."""
   result = {"config": dataclasses.asdict(config), "chance_accuracy": CHANCE,
             "depths": {}, "tasks": {}}
-  if "mlp" in runs:
-    for d in config.depths:
-      result["depths"][str(d)] = summarize_arm(os.path.join(out_dir, "mlp"), runs["mlp"],
-                                               f"depth{d}", config.seeds, config.reg_strength)
+  reg = float(config.reg_strength)
+  for d in config.depths:
+    result["depths"][str(d)] = summarize_arm(sweeps["mlp"], reg, depth=int(d))
   for task in config.tasks:
-    name = f"rnn_{task}"
-    result["tasks"][task] = summarize_arm(os.path.join(out_dir, name), runs[name], task,
-                                          config.seeds, config.reg_strength)
+    result["tasks"][task] = summarize_arm(sweeps[f"rnn_{task}"], reg)
     result["tasks"][task]["time_steps"] = _time_steps(config, task)
   return result
 
 
 def _time_steps(config: StudyConfig, task: str) -> int:
-  side = 28 if config.synthetic_side is None else config.synthetic_side
-  if config.dataset == "cifar10" and config.synthetic_side is None:
-    side = 32
+  side = {True: SYNTHETIC_SIDE, False: 32 if config.dataset == "cifar10" else 28}[
+      config.synthetic]
   return side if task == "row" else side * side
 
 
 # ----------------------------------------------------------------------------------------------
 # Figures (from the study.json content).
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
 
 
 _METRIC_NAMES = {"test_accuracy": "test accuracy", "best_val_accuracy": "best val accuracy"}
@@ -320,7 +261,7 @@ _COLORS = {"with_penalty": "tab:blue", "without_penalty": "tab:gray"}
 def _plot_benefit(entries: dict, positions: np.ndarray, ticks: list, xlabel: str, title: str,
                   log_x: bool):
   """Left: paired difference with 95% CI per arm and metric; right: accuracies."""
-  plt = _pyplot()
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   ax = axes[0]
   span = float(np.ptp(np.log2(positions) if log_x else positions)) or 1.0
@@ -328,11 +269,9 @@ def _plot_benefit(entries: dict, positions: np.ndarray, ticks: list, xlabel: str
     offset = (k - 0.5) * 0.04 * span
     x = positions * 2.0 ** offset if log_x else positions + offset
     d = [e["difference"][metric] for e in entries.values()]
-    ax.errorbar(x, [v["mean"] for v in d], yerr=[v["ci95"] for v in d], fmt="o-", capsize=4,
-                color=f"C{k}", label=f"{_METRIC_NAMES[metric]} (mean, 95% CI)")
-    for xi, v in zip(x, d):
-      ax.plot(np.full(len(v["differences"]), xi), v["differences"], ".", color=f"C{k}",
-              alpha=0.4, ms=5)
+    plots.errorbar_with_seeds(ax, x, [v["mean"] for v in d], [v["ci95"] for v in d],
+                              [v["differences"] for v in d], color=f"C{k}", fmt="o-",
+                              capsize=4, ms=5, label=f"{_METRIC_NAMES[metric]} (mean, 95% CI)")
   ax.axhline(0.0, color="k", lw=0.8)
   ax.set_ylabel("accuracy with penalty - without (paired by seed)")
   ax.legend(fontsize=8)
@@ -364,7 +303,8 @@ def plot_benefit_vs_depth(result: dict):
   depths = result["depths"]
   seeds = c["seeds"]
   return _plot_benefit(
-      depths, np.array([int(d) for d in depths], np.float64), list(depths), "MLP depth (hidden layers)",
+      depths, np.array([int(d) for d in depths], np.float64), list(depths),
+      "MLP depth (hidden layers)",
       f"tanh MLP, width {c['width']}, orthogonal g={c['mlp_gain']:g}: {c['regularizer']} penalty "
       f"{c['reg_strength']:g} on hidden kernels, {seeds} seeds", log_x=True)
 
@@ -381,22 +321,19 @@ def plot_benefit_vs_task(result: dict):
 
 def plot_learning_curves(result: dict):
   """Validation accuracy against epoch, with and without the penalty, one panel per arm."""
-  plt = _pyplot()
-  from matplotlib.ticker import MaxNLocator
+  plt = plots.pyplot()
   arms = [(f"MLP depth {d}", e) for d, e in result["depths"].items()]
   arms += [(f"RNN {t} (T = {e['time_steps']})", e) for t, e in result["tasks"].items()]
   fig, axes = plt.subplots(1, len(arms), figsize=(3.6 * len(arms), 3.4), squeeze=False)
   for ax, (title, entry) in zip(axes[0], arms):
     for name in ("without_penalty", "with_penalty"):
       curve = entry["curves"][name]
-      mean = np.asarray(curve["val_accuracy_mean"], np.float64)
-      half = np.asarray(curve["val_accuracy_ci95"], np.float64)
-      epochs = np.arange(len(mean))
-      ax.plot(epochs, mean, color=_COLORS[name], label=name.replace("_", " "))
-      ax.fill_between(epochs, mean - half, mean + half, color=_COLORS[name], alpha=0.25)
+      epochs = np.arange(len(curve["val_accuracy_mean"]))
+      plots.band(ax, epochs, curve["val_accuracy_mean"], curve["val_accuracy_ci95"],
+                 color=_COLORS[name], alpha=0.25, label=name.replace("_", " "))
     ax.axhline(CHANCE, color="r", lw=0.8, ls=":")
     ax.set_title(title, fontsize=9)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_xlabel("epoch (0: init)")
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("validation accuracy (mean, 95% CI)")
@@ -405,47 +342,50 @@ def plot_learning_curves(result: dict):
   return fig
 
 
+def figures(result: dict) -> dict:
+  """{file name: figure function} of the figures this result has arms for."""
+  out = {}
+  if result["depths"]:
+    out["benefit_vs_depth.png"] = plot_benefit_vs_depth
+  if result["tasks"]:
+    out["benefit_row_vs_pixel.png"] = plot_benefit_vs_task
+  out["learning_curves.png"] = plot_learning_curves
+  return out
+
+
 # ----------------------------------------------------------------------------------------------
 
 
-def run(config: StudyConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> dict:
-  """Trains every arm (resuming finished work), then writes study.json and the figures.
+def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
+        dataset: Optional[data.Dataset] = None) -> Optional[dict]:
+  """Trains every arm (continuing an interrupted study), then writes study.json and the figures.
 
   Args:
     config: the study.
     out_dir: results folder; runs go to out_dir/mlp and out_dir/rnn_<task>.
+    overwrite: replace a finished study in out_dir (else refused before any work).
     dataset: preloaded images (default: `load_data(config)`).
 
   Returns:
-    The study.json content, or, when a run was interrupted, {"interrupted": folder name}
-    (run again to resume).
+    The study.json content; None where a run was interrupted (run again to continue).
 
   Raises:
-    data.DataUnavailableError, train.SetupError: data missing or unusable (before training).
+    data.DataUnavailableError, train.SetupError: data missing or unusable, or out_dir holds a
+      finished study (before training).
   """
   start = time.perf_counter()
-  if dataset is None:
-    dataset = load_data(config)
+  dataset = harness.start(out_dir, SUMMARY, overwrite, lambda: load_data(config), dataset)
+  sweeps = harness.run_sweeps(run_configs(config), out_dir, dataset=dataset,
+                              overwrite=overwrite, plots=True)
+  if sweeps is None:
+    return None
   seconds = {}
-  for name, train_config in run_configs(config).items():
-    logging.info("benefit study: %s (%d members)", name, len(train_config.members))
-    run_start = time.perf_counter()
-    train.run(train_config, os.path.join(out_dir, name), resume=True, dataset=dataset)
-    seconds[name] = time.perf_counter() - run_start
-    status = io.read_json(os.path.join(out_dir, name, "status.json"))
-    if status["status"] == "interrupted":
-      logging.info("%s interrupted; run again to resume", name)
-      return {"interrupted": name}
-    seconds[f"{name}_epochs"] = float(np.sum(status["epoch_seconds"]))
-  result = analyse(config, out_dir)
+  for name, sweep in sweeps.items():
+    seconds[name] = sweep.seconds
+    seconds[f"{name}_epochs"] = float(np.sum(sweep.status["epoch_seconds"]))
+  result = analyse(config, sweeps)
   result["seconds"] = {"runs": seconds, "total": time.perf_counter() - start}
-  io.write_json(os.path.join(out_dir, "study.json"), result)
-  if result["depths"]:
-    io.save_figure(plot_benefit_vs_depth(result), os.path.join(out_dir, "benefit_vs_depth.png"))
-  if result["tasks"]:
-    io.save_figure(plot_benefit_vs_task(result),
-                   os.path.join(out_dir, "benefit_row_vs_pixel.png"))
-  io.save_figure(plot_learning_curves(result), os.path.join(out_dir, "learning_curves.png"))
+  harness.save(out_dir, SUMMARY, result, figures(result))
   for group in ("depths", "tasks"):
     for arm, entry in result[group].items():
       for metric in METRICS:
