@@ -10,6 +10,10 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+# The project's runtime settings (one OpenBLAS thread, YNNPACK off) before anything loads jax:
+# the benchmarks time the library as its scripts run it.
+from isometry import runtime  # noqa: F401  pylint: disable=unused-import
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "results", "benchmarks")
 NUM_CLASSES = 10

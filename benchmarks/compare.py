@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     import torch  # pylint: disable=unused-import
   except ImportError:
     sys.exit("compare.py needs torch: pip install -e '.[bench]'")
-  from isometry import io
+  from isometry.results import io
   quiet = common.wait_for_quiet(a.max_load, a.wait_s)
   common.set_cpu_threads(a.threads)  # Before jax starts its CPU backend (machine_info).
   result = {"benchmark": "RNN train step, isometry.train vs torch.nn.RNN",

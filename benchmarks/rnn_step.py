@@ -51,7 +51,7 @@ class LibraryStep:
     import jax
     import numpy as np
     from isometry import data
-    from isometry import train
+    from isometry.engine import train
 
     if steps_per_seq not in TASKS:
       raise ValueError(f"steps_per_seq must be one of {sorted(TASKS)} (the library's row and "

@@ -29,7 +29,7 @@ from benchmarks import rnn_step
 
 
 def members_of(k: int, hidden: int, lam: float):
-  from isometry import train
+  from isometry.engine import train
   return tuple(train.Member(f"m{i}", "orthogonal", 1.0 + 0.01 * i, lam / hidden**2, True,
                             1e-3 * (1.0 + 0.1 * i), seed=i) for i in range(k))
 
@@ -63,8 +63,8 @@ def main(argv=None) -> dict:
   import jax
   import numpy as np
   from isometry import data
-  from isometry import io
-  from isometry import train
+  from isometry.results import io
+  from isometry.engine import train
 
   rng = np.random.default_rng(0)
   n_eval = rnn_step.EVAL_EXAMPLES

@@ -74,7 +74,7 @@ def main(argv=None) -> dict:
   import jax
   import numpy as np
   from isometry import freeprob
-  from isometry import io
+  from isometry.results import io
   from isometry import jacobian
   from isometry import meanfield
 

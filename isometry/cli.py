@@ -17,7 +17,10 @@ import time
 import typing
 from typing import Any, Dict, Optional
 
-from absl import app, flags
+# First, before numpy and jax load: the runtime settings (one OpenBLAS thread, YNNPACK off).
+from isometry import runtime  # noqa: F401  pylint: disable=unused-import
+
+from absl import app, flags  # noqa: E402
 
 
 def fail(message) -> None:

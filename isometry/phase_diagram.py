@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from isometry import io
+from isometry.results import io
 from isometry import meanfield
 from isometry.activations import ACTIVATIONS
 

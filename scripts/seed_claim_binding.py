@@ -15,8 +15,8 @@ Bad flags exit with status 2 and one line, before any work.
 from absl import flags
 
 from isometry import cli
-from isometry import seed_claim_binding as study
-from isometry import train
+from isometry.studies import seed_claim_binding as study
+from isometry.engine import train
 
 FLAGS = flags.FLAGS
 cli.define_flags(study.BindingConfig)

@@ -12,16 +12,12 @@ and spectra.png into --out_dir (default: a new folder runs/spectra/<date-time>).
 
 Bad flags exit with status 2 and a one-line message, before any work.
 """
-import os
+from isometry import cli  # first: the runtime settings, before numpy and jax load
 
-# jax's CPU QR and SVD call OpenBLAS's LAPACK, whose threads fight XLA's for the cores: at
-# N = 1000 a QR took 4.4 s with OpenBLAS's default threads and 0.6 s with one (2-core machine,
-# loaded). Must be set before numpy/jax load OpenBLAS; an explicit setting wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from absl import flags, logging
 
-from absl import flags, logging  # noqa: E402
-
-from isometry import cli, io, spectra  # noqa: E402
+from isometry.results import io
+from isometry.studies import spectra
 
 FLAGS = flags.FLAGS
 cli.define_flags(spectra.SpectraConfig, aliases={"samples": "num_networks"})

@@ -21,8 +21,7 @@ from isometry.studies import accuracy
 from isometry.studies import cli as study_cli
 
 cli.define_flags(accuracy.StudyConfig)
-main = study_cli.main(accuracy.StudyConfig, accuracy.run, "results/C_accuracy",
-                      single_threaded_xla=True)
+main = study_cli.main(accuracy.StudyConfig, accuracy.run, "results/C_accuracy")
 
 if __name__ == "__main__":
   cli.run(main)

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from isometry import activations
 from isometry import cli
 from isometry import data
-from isometry import regularizers
-from isometry import train
+from isometry.engine import regularizers
+from isometry.engine import train
 
 FLAGS = flags.FLAGS
 

@@ -22,13 +22,13 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from isometry import cli
-from isometry import constraints
+from isometry.engine import constraints
 from isometry import data
 from isometry import initializers
-from isometry import presets
-from isometry import regularizers
-from isometry import text
-from isometry import train
+from isometry.engine import presets
+from isometry.engine import regularizers
+from isometry.data import text
+from isometry.engine import train
 
 FLAGS = flags.FLAGS
 

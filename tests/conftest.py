@@ -1,9 +1,8 @@
-import os
 import zlib
 
-# One OpenBLAS thread: jax's CPU QR/SVD (LAPACK via OpenBLAS) otherwise fight XLA's threads for
-# the two cores and run ~7x slower (see scripts/spectra.py). Set before numpy or jax loads it.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The runtime settings of the project's programs (one OpenBLAS thread, YNNPACK off), before
+# numpy or jax load.
+from isometry import runtime  # noqa: F401
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

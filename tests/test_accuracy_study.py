@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from isometry import meanfield
-from isometry import train
+from isometry.engine import train
 from isometry.studies import accuracy as acc
 from isometry.studies import harness
 

@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common
 from benchmarks import rnn_step
 from isometry import initializers
-from isometry import models
-from isometry import regularizers
+from isometry.engine import models
+from isometry.engine import regularizers
 
 TINY = ["--steps_per_seq", "28", "--hidden", "8", "--batch", "4", "--iters", "2"]
 # The fields of /work/shared/bench/torch_rnn_baseline.py's JSON line, minus the library version.

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from isometry import io
+from isometry.results import io
 from isometry.studies import benefit as bs
 from isometry.studies import harness
 

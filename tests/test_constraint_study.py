@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from isometry import io
-from isometry import stats
-from isometry import train
+from isometry.results import io
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import constraints as cs
 from isometry.studies import harness
 

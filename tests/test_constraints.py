@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from isometry import constraints as C
+from isometry.engine import constraints as C
 from isometry.initializers import get_initializer
 
 N = 16
@@ -343,7 +343,7 @@ def test_riemannian_step_is_tangent_and_first_order(key):
 
 
 def test_riemannian_adam_in_multi_transform_with_selection_labels(key):
-  from isometry import selection
+  from isometry.engine import selection
   params = {"rnn": {"recurrent": {"kernel": get_initializer("orthogonal", GAIN)(
       key, (N, N), jnp.float32)}, "input": {"kernel": jnp.ones((3, N))}}}
   labels = selection.labels(params, {"stiefel": "*/recurrent/kernel"}, default="adam")

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import io
+from isometry.results import io
 from isometry import meanfield
-from isometry import models
+from isometry.engine import models
 from isometry.studies import convergence as cs
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from isometry import data
+from isometry.data import images
 
 DEBIAN_FASHION = "/usr/share/datasets/fashion-mnist"
 
@@ -138,7 +139,7 @@ def test_offline_is_detected_at_once(tmp_path, monkeypatch):
   # Not prepared in data_dir, downloads allowed, but the download host is out of reach: the
   # helpful message comes within seconds instead of after TFDS's minutes of retries.
   pytest.importorskip("tensorflow_datasets")
-  monkeypatch.setattr(data, "can_download", lambda *args, **kwargs: False)
+  monkeypatch.setattr(images, "can_download", lambda *args, **kwargs: False)
   start = time.perf_counter()
   with pytest.raises(data.DataUnavailableError, match="cannot reach") as info:
     data.load_dataset("mnist", data_dir=str(tmp_path), download=True)
@@ -149,7 +150,7 @@ def test_offline_is_detected_at_once(tmp_path, monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
                     reason="with TensorFlow installed TFDS could really download")
 def test_tfds_failure_becomes_data_unavailable(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "can_download", lambda *args, **kwargs: True)
+  monkeypatch.setattr(images, "can_download", lambda *args, **kwargs: True)
   with pytest.raises(data.DataUnavailableError, match="TFDS failed"):
     data.load_dataset("mnist", data_dir=str(tmp_path), download=True)
 

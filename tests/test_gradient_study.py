@@ -16,7 +16,7 @@ import pytest
 from scipy import special
 
 from isometry import data
-from isometry import io
+from isometry.results import io
 from isometry import meanfield
 from isometry.studies import gradients as gs
 from isometry.studies import gradients_rnn

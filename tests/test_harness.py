@@ -2,7 +2,6 @@
 finished sweep read back, a finished study never run into unasked; its paired comparison and
 config checks against hand computations; and the study scripts' flags, parsed in-process."""
 import dataclasses
-import functools
 import os
 import shutil
 from typing import Tuple
@@ -12,8 +11,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from isometry import data
-from isometry import io
-from isometry import train
+from isometry.results import io
+from isometry.engine import train
 from isometry.studies import cli as study_cli
 from isometry.studies import harness
 
@@ -27,19 +26,6 @@ def _sweep(epochs: int = 2) -> train.TrainConfig:
                                     seeds=2),
       hidden=4, batch_size=16, epochs=epochs, unroll=1, val_size=16, eval_batch_size=16,
       **harness.data_fields("fashion_mnist", None, synthetic=True))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cached_programs():
-  """Compiles the sweep once for every test here, as train.make_train's docstring promises.
-
-  Its lru_cache decorates `_map_members` (a commit put that function between the decorator and
-  `_build_program`), so no program is reused; until the decorator moves back, cache here.
-  """
-  build = train._build_program  # pylint: disable=protected-access
-  train._build_program = functools.lru_cache(maxsize=8)(build)
-  yield
-  train._build_program = build
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +77,7 @@ def test_results_are_arrays_over_seeds_keyed_by_member_fields(finished):
 
 def test_initial_params_are_what_the_sweep_starts_from(finished, images):
   _, result = finished
-  params = harness.initial_params(_sweep(), images)
+  params = train.initial_params(_sweep(), images)
   assert params["recurrent"].shape == (8, 4, 4)
   # The singular values train recorded at init (its own SVD, in float32) are those of W.
   recorded = result.spectra("recurrent", gain=1.3, reg_strength=0.5)[:, 0]

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from isometry import io
+from isometry.results import io
 
 
 def test_write_json_round_trips_arrays_and_keeps_number_lists_on_one_line(tmp_path):

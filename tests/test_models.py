@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from isometry import initializers
-from isometry import models
+from isometry.engine import models
 
 B, T, D, H, C = 3, 5, 4, 6, 10
 

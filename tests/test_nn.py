@@ -16,8 +16,8 @@ from isometry import diagnostics
 from isometry import freeprob
 from isometry import initializers
 from isometry import meanfield
-from isometry import models
-from isometry import nn as inn
+from isometry.engine import models
+from isometry.engine import nn as inn
 
 B, T, D, H, C = 3, 5, 4, 6, 10
 GAIN = 1.3

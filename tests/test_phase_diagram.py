@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from isometry import io
+from isometry.results import io
 from isometry import meanfield
 from isometry import phase_diagram
 

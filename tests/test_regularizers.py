@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import regularizers as reg
+from isometry.engine import regularizers as reg
 from isometry.initializers import get_initializer
 
 # W = [[1, 2], [0, 1]]: W^T W = [[1, 2], [2, 5]], W^T W - I = [[0, 2], [2, 4]],

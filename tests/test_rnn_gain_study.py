@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from isometry import data
-from isometry import models
+from isometry.engine import models
+from isometry.engine import train
 from isometry import rnn_meanfield as rm
-from isometry.studies import harness
 from isometry.studies import rnn_gain as study
 from isometry.studies import rnn_gain_theory as theory
 
@@ -88,7 +88,7 @@ def test_seed_input_kernels_are_the_ones_the_training_sweep_draws(quick_run):
   kernels = study.seed_input_kernels(config, dataset)
   assert kernels.shape == (config.seeds, 8, config.hidden)
   sweep = study.train_config(config, quick_run[1]["theory"]["g_star"])
-  params = harness.initial_params(sweep, dataset)
+  params = train.initial_params(sweep, dataset)
   for i, member in enumerate(sweep.members):
     np.testing.assert_array_equal(params["input"][i], kernels[member.seed])
   assert not np.array_equal(kernels[0], kernels[1])

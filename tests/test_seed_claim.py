@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from isometry import io
-from isometry import regularizers
+from isometry.results import io
+from isometry.engine import regularizers
 from isometry.studies import seed_claim
 
 

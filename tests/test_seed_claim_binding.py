@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from isometry import seed_claim_binding as study
+from isometry.studies import seed_claim_binding as study
 
 
 def test_sweeps_pair_every_seed_and_strength():

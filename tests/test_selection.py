@@ -10,9 +10,9 @@ import optax
 import pytest
 
 from isometry import initializers
-from isometry import models
-from isometry import nn as inn
-from isometry import selection
+from isometry.engine import models
+from isometry.engine import nn as inn
+from isometry.engine import selection
 
 
 class _Model(nn.Module):

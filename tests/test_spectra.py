@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from isometry import jacobian
-from isometry import spectra
+from isometry.studies import spectra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

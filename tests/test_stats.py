@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from isometry import stats
+from isometry.results import stats
 
 # Student-t quantiles t_{0.975, df} from a table, to 10 digits (hence rel=1e-9 below).
 T_975_DF4 = 2.776445105

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from isometry import text
+from isometry.data import text
 
 
 def test_tokenize_lowercases_and_drops_html_breaks():

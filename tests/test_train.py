@@ -9,7 +9,6 @@ on any real difference (a wrong key, batch order or hyperparameter moves the los
 """
 import fcntl
 import functools
-import json
 import logging
 import os
 import re
@@ -26,14 +25,15 @@ import numpy as np
 import optax
 import pytest
 
-from isometry import constraints
+from isometry.engine import constraints
 from isometry import data
 from isometry import diagnostics
 from isometry import initializers
-from isometry import io
-from isometry import models
-from isometry import presets
-from isometry import train
+from isometry.results import io
+from isometry.engine import models
+from isometry.engine import presets
+from isometry.engine import train
+from isometry.engine.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIDE = 6  # Images are SIDE x SIDE: row sequences of T = 6 steps of D = 6 pixels.
@@ -80,7 +80,7 @@ def reference(tmp_path_factory, dataset):
   logger.addHandler(counter)
   try:
     with jax.log_compiles(True):
-      metrics = train.run(_config(), out, dataset=dataset, plots=False)
+      metrics = train.run(_config(), out, dataset=dataset, plots=False).metrics
   finally:
     logger.removeHandler(counter)
   return {"dir": out, "metrics": metrics, "compiles": counter.count}
@@ -160,7 +160,7 @@ def test_a_finite_loss_far_above_the_initial_one_is_divergence(dataset, tmp_path
   members = (train.Member("exploded", "orthogonal", 1.0, 0.0, True, 50.0, seed=0),
              train.Member("calm", "orthogonal", 1.0, 0.0, True, 1e-3, seed=0))
   metrics = train.run(_config(members=members, hidden=4, epochs=1), str(tmp_path),
-                      dataset=dataset, plots=False)
+                      dataset=dataset, plots=False).metrics
   exploded, calm = metrics["members"]
   assert exploded["status"] == "diverged" and exploded["diverged_epoch"] == 1
   first = exploded["epochs"][0]["train_loss"]
@@ -172,7 +172,7 @@ def test_a_finite_loss_far_above_the_initial_one_is_divergence(dataset, tmp_path
 def test_vmapped_member_equals_lone_run(reference, dataset, tmp_path):
   config = _config()
   alone = dataclass_replace(config, members=config.members[1:2])
-  metrics = train.run(alone, str(tmp_path), dataset=dataset, plots=False)
+  metrics = train.run(alone, str(tmp_path), dataset=dataset, plots=False).metrics
   _assert_members_close(metrics["members"][0], reference["metrics"]["members"][1], rtol=1e-4)
 
 
@@ -184,18 +184,18 @@ def dataclass_replace(config, **changes):
 def test_interrupt_then_resume_matches_uninterrupted_run(reference, dataset, tmp_path):
   out = str(tmp_path)
   stopped = train.run(_config(), out, dataset=dataset, plots=False,
-                      callback=lambda epoch, outputs: epoch == 1)
+                      callback=lambda epoch, outputs: epoch == 1).metrics
   assert io.read_json(os.path.join(out, "status.json"))["status"] == "interrupted"
   assert len(stopped["members"][0]["epochs"]) == 1
   assert stopped["members"][0]["test_accuracy"] is None
-  resumed = train.run(_config(), out, dataset=dataset, plots=False, resume=True)
+  resumed = train.run(_config(), out, dataset=dataset, plots=False, resume=True).metrics
   assert io.read_json(os.path.join(out, "status.json"))["status"] == "done"
   for got, want in zip(resumed["members"], reference["metrics"]["members"]):
     assert got["status"] == want["status"]
     # Same program, same inputs, same device: bitwise equal.
     np.testing.assert_array_equal(_numbers(got), _numbers(want))
   # A finished run extends to more epochs; the first two stay as they were.
-  extended = train.run(_config(epochs=3), out, dataset=dataset, plots=False, resume=True)
+  extended = train.run(_config(epochs=3), out, dataset=dataset, plots=False, resume=True).metrics
   assert [len(m["epochs"]) for m in extended["members"]] == [3, 3, 3]
   assert extended["members"][0]["epochs"][:2] == resumed["members"][0]["epochs"]
 
@@ -213,7 +213,9 @@ _RUN_ON_DEVICES = """
 import sys
 import numpy as np
 import jax
-from isometry import data, io, train
+from isometry import data
+from isometry.results import io
+from isometry.engine import train
 assert jax.local_device_count() == int(sys.argv[1]), jax.devices()
 arrays = np.load(sys.argv[2])
 dataset = data.Dataset(*(arrays[k] for k in data.Dataset._fields))
@@ -253,7 +255,7 @@ def test_four_devices_equal_one_device(reference, dataset, tmp_path):
 def test_two_devices_finish_at_a_size_that_deadlocked(dataset, tmp_path):
   """8 members at hidden 32 on 2 CPU devices finish, with the 1-device metrics.
 
-  Before `train._one_matrix_per_call` this run never returned (3 of 3 tries on 2 cores): the
+  Before `linalg.one_matrix_per_call` this run never returned (3 of 3 tries on 2 cores): the
   first measurement's SVD of 4 32x32 matrices per device went to jaxlib's parallel batch path,
   which blocks an XLA:CPU pool thread per device until every pool thread waits (see
   benchmarks/xla_cpu_hang_repro.py; jaxlib splits a batch of 4 from hidden 19 up). A hard
@@ -274,7 +276,7 @@ def test_two_devices_finish_at_a_size_that_deadlocked(dataset, tmp_path):
                             two], env=_devices_env(2), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
   try:
-    one = train.run(config, str(tmp_path / "one"), dataset=dataset, plots=False)
+    one = train.run(config, str(tmp_path / "one"), dataset=dataset, plots=False).metrics
     try:
       _, stderr = child.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -299,7 +301,7 @@ _LINALG_CALL = re.compile(r"custom_call @((?:lapack|blas)_\w+)\(.*?\)\s.*?:\s*\(
     ("lstm", "none", (1,)), ("mlp", "none", (1, 3))])
 def test_every_lapack_call_takes_one_matrix(dataset, model, constraint, depths):
   """On CPU no LAPACK call of the sweep's programs gets a batch, the shape that deadlocks
-  jaxlib 0.10 (see train._one_matrix_per_call): init's orthogonal draws (vmapped over MLP layers
+  jaxlib 0.10 (see linalg.one_matrix_per_call): init's orthogonal draws (vmapped over MLP layers
   and LSTM gate blocks), the constraints' SVDs and solves, the expm (forward and backward) and
   the spectra. The unfixed programs had e.g. gesdd on (4, 8, 8) and (8, 2, 8, 8) batches."""
   config = _config(members=train.product_members(gains=(1.0, 1.5), seeds=2, depths=depths),
@@ -336,14 +338,11 @@ def test_looped_linear_algebra_equals_batched(key):
     w = train.materialize(config, params, gain, one_matrix_per_call=looped)["recurrent"]
     return jnp.sum(jnp.sin(w))
 
-  for looped in (False, True):
-    value, grad = jax.jit(jax.vmap(jax.value_and_grad(functools.partial(loss, looped=looped))))(
-        a, base, gain)
-    if looped:
-      np.testing.assert_allclose(value, want_value, atol=1e-6)
-      np.testing.assert_allclose(grad, want_grad, atol=1e-6)
-    else:
-      want_value, want_grad = value, grad
+  (want_value, want_grad), (value, grad) = [
+      jax.jit(jax.vmap(jax.value_and_grad(functools.partial(loss, looped=looped))))(a, base, gain)
+      for looped in (False, True)]
+  np.testing.assert_allclose(value, want_value, atol=1e-6)
+  np.testing.assert_allclose(grad, want_grad, atol=1e-6)
   assert float(jnp.max(jnp.abs(want_grad))) > 1e-2
 
   w = base * gain[:, None, None]
@@ -369,15 +368,15 @@ def _watchdog_threads():
 
 def test_watchdog_rule():
   """A warning after 10x the last epoch's time, never before 300 s (compiles take a while)."""
-  assert train._Watchdog.limit(None) == 300.0
-  assert train._Watchdog.limit(100.0) == 1000.0
-  assert train._Watchdog.limit(2.0) == 300.0
+  assert loop.Watchdog.limit(None) == 300.0
+  assert loop.Watchdog.limit(100.0) == 1000.0
+  assert loop.Watchdog.limit(2.0) == 300.0
 
 
 def test_watchdog_warns_while_nothing_finishes_and_stops_with_its_block(monkeypatch, caplog):
-  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 0.2)
+  monkeypatch.setattr(loop, "WATCHDOG_MIN_SECONDS", 0.2)
   caplog.set_level(logging.WARNING)
-  with train._Watchdog("runs/x") as watchdog:
+  with loop.Watchdog("runs/x") as watchdog:
     watchdog.progress("epoch 3", 0.01)  # limit = max(10 x 0.01, 0.2) = 0.2 s.
     time.sleep(1.0)
     assert len(_watchdog_threads()) == 1
@@ -398,7 +397,7 @@ def test_stalled_run_warns_and_keeps_its_results(reference, dataset, tmp_path, m
   """A stall after epoch 1 (a callback that sleeps past the limit) is logged; the run's
   results are the reference's, bit for bit (same program, inputs and device), and the watchdog
   thread ends with the run."""
-  monkeypatch.setattr(train, "WATCHDOG_MIN_SECONDS", 1.0)
+  monkeypatch.setattr(loop, "WATCHDOG_MIN_SECONDS", 1.0)
   caplog.set_level(logging.WARNING)
 
   def stall(epoch, outputs):
@@ -407,7 +406,7 @@ def test_stalled_run_warns_and_keeps_its_results(reference, dataset, tmp_path, m
       time.sleep(2.5)
     return False
 
-  metrics = train.run(_config(), str(tmp_path), dataset=dataset, plots=False, callback=stall)
+  metrics = train.run(_config(), str(tmp_path), dataset=dataset, plots=False, callback=stall).metrics
   assert not _watchdog_threads()
   assert any("no progress for" in r.getMessage() and "waiting on epoch 1" in r.getMessage()
              for r in caplog.records), caplog.text
@@ -419,7 +418,7 @@ def test_mlp_depths_share_one_program(dataset, tmp_path):
   members = train.product_members(inits=("orthogonal",), gains=(1.0,), depths=(1, 3), lrs=(0.05,))
   config = train.TrainConfig(members=members, model="mlp", hidden=8, batch_size=16, epochs=1,
                              optimizer="sgd", eval_batch_size=48, val_size=48)
-  metrics = train.run(config, str(tmp_path), dataset=dataset, plots=False)
+  metrics = train.run(config, str(tmp_path), dataset=dataset, plots=False).metrics
   shallow, deep = metrics["members"]
   assert shallow["config"]["depth"] == 1 and deep["config"]["depth"] == 3
   # Active layers only: input (+ hidden) + read-out weights; one activation per hidden layer.
@@ -482,7 +481,7 @@ def test_lstm_trains(dataset, tmp_path):
   members = (train.Member("lstm", "orthogonal", 1.0, 0.1, True, 1e-2, seed=0),)
   config = train.TrainConfig(members=members, model="lstm", hidden=4, batch_size=16, epochs=1,
                              unroll=1, eval_batch_size=48, val_size=48)
-  metrics = train.run(config, str(tmp_path), dataset=dataset, plots=False)
+  metrics = train.run(config, str(tmp_path), dataset=dataset, plots=False).metrics
   member = metrics["members"][0]
   assert member["status"] == "done" and np.isfinite(member["test_loss"])
   with np.load(os.path.join(tmp_path, "spectra.npz")) as spectra:
@@ -528,7 +527,7 @@ def test_setup_errors_before_any_file(dataset, tmp_path):
 
 def test_signals_request_a_stop_then_force_it():
   previous = signal.getsignal(signal.SIGTERM)
-  with train._StopRequest() as stop:  # pylint: disable=protected-access
+  with loop.StopRequest() as stop:  # pylint: disable=protected-access
     assert stop.signal is None
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.signal == "SIGTERM"  # First signal: finish the epoch, then stop.
@@ -567,7 +566,7 @@ def test_killed_run_is_recognised_as_interrupted_and_resumes(reference, dataset,
   assert seen["status"] == "interrupted" and seen["killed"]
   with pytest.raises(train.SetupError, match="interrupted run .*killed.*--resume"):
     train.run(_config(), out, dataset=dataset, plots=False)
-  resumed = train.run(_config(), out, dataset=dataset, plots=False, resume=True)
+  resumed = train.run(_config(), out, dataset=dataset, plots=False, resume=True).metrics
   for got, want in zip(resumed["members"], reference["metrics"]["members"]):
     _assert_members_close(got, want, rtol=1e-6)
   assert train.read_status(out)["status"] == "done"
@@ -591,7 +590,7 @@ def test_a_live_run_keeps_its_folder(dataset, tmp_path):
 def test_overwrite_replaces_a_run(reference, dataset, tmp_path):
   out = str(tmp_path / "replaced")
   shutil.copytree(reference["dir"], out)
-  replaced = train.run(_config(), out, dataset=dataset, plots=False, overwrite=True)
+  replaced = train.run(_config(), out, dataset=dataset, plots=False, overwrite=True).metrics
   for got, want in zip(replaced["members"], reference["metrics"]["members"]):
     _assert_members_close(got, want, rtol=1e-6)
 
@@ -600,7 +599,7 @@ def test_isometry_monitor_matches_the_dense_jacobian_at_init(reference, dataset)
   """The monitor's moments of dh_T/dh_0 (matrix-free, 4 inputs x 8 probes) against the dense
   spectrum of the same map at the same inputs, for the orthogonal member at init."""
   config = _config()
-  params = train.initial_params(config, dataset)[0]
+  params = jax.tree.map(lambda a: a[0], train.initial_params(config, dataset))
   probe_x = train.prepare_arrays(config, dataset).probe_x[:train.MONITOR_INPUTS]
   dense = [diagnostics.jacobian_spectrum(
       lambda h: models.rnn_final_state(params, x, h), np.zeros(8, np.float32)) for x in probe_x]

@@ -16,7 +16,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from isometry import data
-from isometry import io
+from isometry.results import io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(REPO, "scripts")

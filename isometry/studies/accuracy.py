@@ -39,9 +39,9 @@ import numpy as np
 
 from isometry import data
 from isometry import meanfield
-from isometry import plots
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import gradients
 from isometry.studies import harness
 

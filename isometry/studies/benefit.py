@@ -43,10 +43,10 @@ from absl import logging
 import numpy as np
 
 from isometry import data
-from isometry import plots
-from isometry import regularizers
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.engine import regularizers
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import harness
 
 TASKS = ("row", "pixel")

@@ -21,8 +21,7 @@ from absl import flags
 
 from isometry import cli
 from isometry import data
-from isometry import studies
-from isometry import train
+from isometry.engine import train
 
 
 def define_script_flags(out_dir: str, *, flag_values=flags.FLAGS,
@@ -71,8 +70,7 @@ def parse(config_class, argv, *, aliases=None, out_dir: str = "out"):
   return config_from_flags(config_class, flag_values=values), values
 
 
-def main(config_class, run: Callable, out_dir: str, *,
-         single_threaded_xla: bool = False) -> Callable[[list], None]:
+def main(config_class, run: Callable, out_dir: str) -> Callable[[list], None]:
   """Defines the script flags beside the config's and returns the script's absl main.
 
   Args:
@@ -80,10 +78,7 @@ def main(config_class, run: Callable, out_dir: str, *,
       flags are defined by `isometry.cli.define_flags`).
     run: the study's run(config, out_dir, overwrite=...).
     out_dir: the default --out_dir.
-    single_threaded_xla: turn XLA:CPU's Eigen pool off (`studies.single_threaded_xla`).
   """
-  if single_threaded_xla:
-    studies.single_threaded_xla()
   # absl's --help lists a script's flags by the module that defined them: the script.
   caller = sys._getframe(1).f_globals.get("__name__")  # pylint: disable=protected-access
   define_script_flags(out_dir, module_name=sys.argv[0] if caller == "__main__" else caller)

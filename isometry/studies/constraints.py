@@ -43,9 +43,9 @@ from typing import Optional, Tuple
 from absl import logging
 import numpy as np
 
-from isometry import plots
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import harness
 
 ARMS = ("none", "soft", "projection", "cayley", "expm")

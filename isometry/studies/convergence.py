@@ -55,11 +55,11 @@ import optax
 from jax import lax
 
 from isometry import data
-from isometry import io
+from isometry.results import io
 from isometry import meanfield
-from isometry import models
-from isometry import plots
-from isometry import stats
+from isometry.engine import models
+from isometry.results import plots
+from isometry.results import stats
 from isometry.studies import harness
 
 INITS = ("orthogonal", "gaussian")

@@ -45,8 +45,8 @@ from scipy import optimize, special
 
 from isometry import initializers
 from isometry import meanfield
-from isometry import plots
-from isometry import stats
+from isometry.results import plots
+from isometry.results import stats
 from isometry.activations import get_activation
 from isometry.studies import gradients_rnn
 from isometry.studies import harness

@@ -14,9 +14,9 @@ from absl import logging
 import numpy as np
 
 from isometry import data
-from isometry import plots
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import harness
 
 SWEEP = "rnn"   # the sweep's folder in the study's out_dir

@@ -33,13 +33,12 @@ import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 from absl import logging
-import jax
 import numpy as np
 
 from isometry import data
-from isometry import io
-from isometry import stats
-from isometry import train
+from isometry.results import io
+from isometry.results import stats
+from isometry.engine import train
 
 # What a paired comparison calls a difference whose 95% interval lies above 0, below 0, or
 # covers 0.
@@ -378,7 +377,7 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
     else:
       logging.info("sweep %s: %d members into %s", name, len(config.members), folder)
       metrics = train.run(config, folder, resume=not overwrite, overwrite=overwrite,
-                          dataset=dataset, plots=plots, callback=callback)
+                          dataset=dataset, plots=plots, callback=callback).metrics
     status = train.read_status(folder)
     if status["status"] == "interrupted":
       logging.info("interrupted in %s: run the same command again to continue", folder)
@@ -388,24 +387,6 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
       os.remove(checkpoint)
     results[name] = SweepResult(config, metrics, status, folder, time.perf_counter() - start)
   return results
-
-
-def initial_params(config: train.TrainConfig, dataset=None) -> dict:
-  """The members' parameters at init exactly as `train.run` draws them (the sweep's own compiled
-  init, on the data shaped as for training): a pytree of numpy arrays, member axis first.
-
-  For a study that needs what a sweep starts from (the input kernel each seed draws) without
-  rebuilding train's key plan by hand.
-  """
-  arrays = train.prepare_arrays(config, dataset)
-  program = train.make_train(config, arrays)
-  # As train.run does: the member axis padded to the device count, inits by sorted name.
-  count = len(config.members)
-  members = list(config.members) + [config.members[-1]] * (program.num_padded - count)
-  names = tuple(sorted({m.init for m in config.members}))
-  hparams = jax.device_put(train.hparams_of(members, names), program.member_sharding)
-  params = program.init(hparams)["params"]
-  return jax.tree.map(lambda x: np.asarray(x)[:count], params)
 
 
 def save(out_dir: str, summary_name: str, summary: dict,

@@ -38,11 +38,11 @@ import jax
 import numpy as np
 
 from isometry import data
-from isometry import plots
-from isometry import presets
-from isometry import regularizers
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.engine import presets
+from isometry.engine import regularizers
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import harness
 from isometry.studies import rnn_gain_theory as theory
 
@@ -157,7 +157,7 @@ def seed_input_kernels(config: StudyConfig, dataset: data.Dataset) -> np.ndarray
   train's own init (U depends on the seed alone, not on the gain or the penalty)."""
   sweep = train_config(config, config.hand_gains[0])
   first = tuple(next(m for m in sweep.members if m.seed == s) for s in range(config.seeds))
-  return harness.initial_params(dataclasses.replace(sweep, members=first), dataset)["input"]
+  return train.initial_params(dataclasses.replace(sweep, members=first), dataset)["input"]
 
 
 def summarize_training(result: harness.SweepResult) -> dict:

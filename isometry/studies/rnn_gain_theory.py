@@ -31,10 +31,10 @@ import numpy as np
 from isometry import data
 from isometry import freeprob
 from isometry import jacobian
-from isometry import models
-from isometry import plots
+from isometry.engine import models
+from isometry.results import plots
 from isometry import rnn_meanfield as rm
-from isometry import train
+from isometry.engine import train
 
 READINGS = ("stationary", "trajectory", "per_example")
 VARIANTS = ("untied_gaussian", "tied_gaussian", "data_wide", "data_model")

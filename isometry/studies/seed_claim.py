@@ -34,10 +34,10 @@ import numpy as np
 from absl import logging
 
 from isometry import data
-from isometry import plots
-from isometry import presets as seed_presets
-from isometry import stats
-from isometry import train
+from isometry.results import plots
+from isometry.engine import presets as seed_presets
+from isometry.results import stats
+from isometry.engine import train
 from isometry.studies import harness
 
 PRESETS = ("configs2", "configs3")

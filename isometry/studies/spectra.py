@@ -14,7 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
-from isometry import freeprob, io, jacobian, meanfield
+from isometry import freeprob, jacobian, meanfield
+from isometry.results import io
 from isometry.activations import get_activation
 
 
@@ -170,7 +171,7 @@ def run(config: SpectraConfig, out_dir: str) -> dict:
     errors across networks and the fraction of eigenvalues below the grid, and the KS distance
     (taken on the grid only).
   """
-  from isometry import plots  # Deferred: matplotlib takes a second to import.
+  from isometry.results import plots  # Deferred: matplotlib takes a second to import.
   started = time.time()
   sigma_w, sigma_b = config.scales()
   key = jax.random.key(config.seed)

@@ -33,10 +33,10 @@ import numpy as np
 from absl import logging
 
 from isometry import data
-from isometry import io
-from isometry import presets as seed_presets
-from isometry import stats
-from isometry import train
+from isometry.results import io
+from isometry.engine import presets as seed_presets
+from isometry.results import stats
+from isometry.engine import train
 
 GAINS = {"configs2": 1.025, "configs3": 1.25}
 BOUND = 0.1   # "binds": every singular value of the adjusted run's W within 10% of g
@@ -247,7 +247,7 @@ def run(config: BindingConfig, out_dir: str, dataset: Optional[data.Dataset] = N
   for name, train_config in runs:
     logging.info("seed claim (binding): sweep %s", name)
     folder = os.path.join(out_dir, name)
-    metrics[name] = train.run(train_config, folder, resume=True, dataset=dataset)
+    metrics[name] = train.run(train_config, folder, resume=True, dataset=dataset).metrics
     if train.read_status(folder)["status"] == "interrupted":
       logging.info("interrupted; run the same command again to continue")
       return None

@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-from isometry import io
-from isometry import plots
-from isometry.stats import mean_ci
+from isometry.results import io
+from isometry.results import plots
+from isometry.results.stats import mean_ci
 
 
 def _groups(metrics: dict) -> dict:

@@ -26,7 +26,7 @@ from isometry import activations
 from isometry import diagnostics
 from isometry import initializers
 from isometry import meanfield
-from isometry import models
+from isometry.engine import models
 
 Initializer = initializers.Initializer
 

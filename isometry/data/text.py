@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from isometry import data
+from isometry.data import images
 
 NAMES = ("imdb_reviews",)
 NUM_CLASSES = {"imdb_reviews": 2}
@@ -65,7 +65,7 @@ def _read_split(source) -> tuple:
     texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
     labels.append(int(example["label"]))
   if not texts:
-    raise data.DataUnavailableError("the TFDS split is empty")
+    raise images.DataUnavailableError("the TFDS split is empty")
   return texts, np.asarray(labels, np.int32)
 
 
@@ -80,7 +80,7 @@ def _unavailable_message(name: str, data_dir: Optional[str], reason: str) -> str
 def load_text_dataset(name: str = "imdb_reviews", data_dir: Optional[str] = None,
                       vocab_size: int = 10000, max_len: int = 256, val_size: float = 5000,
                       split_seed: Optional[int] = 0,
-                      download: Optional[bool] = None) -> data.Dataset:
+                      download: Optional[bool] = None) -> images.Dataset:
   """A text dataset as padded token ids with a validation split.
 
   Args:
@@ -105,18 +105,19 @@ def load_text_dataset(name: str = "imdb_reviews", data_dir: Optional[str] = None
   if download is None:
     download = data_dir is None
   unavailable = lambda reason: _unavailable_message(name, data_dir, reason)
-  train, test = data.tfds_splits(name, data_dir, download, unavailable)
+  train, test = images.tfds_splits(name, data_dir, download, unavailable)
   try:
     train_texts, train_y = _read_split(train)
     test_texts, test_y = _read_split(test)
-  except data.DataUnavailableError:
+  except images.DataUnavailableError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise data.DataUnavailableError(unavailable(f"TFDS failed with {type(e).__name__}: {e}")) from e
-  train_texts, train_y, val_texts, val_y = data.split_validation(
+    raise images.DataUnavailableError(
+        unavailable(f"TFDS failed with {type(e).__name__}: {e}")) from e
+  train_texts, train_y, val_texts, val_y = images.split_validation(
       np.asarray(train_texts, dtype=object), train_y, val_size, split_seed)
   train_tokens = [tokenize(t) for t in train_texts]
   vocabulary = build_vocabulary(train_tokens, vocab_size)
   ids = lambda token_lists: encode(token_lists, vocabulary, max_len)
-  return data.Dataset(ids(train_tokens), train_y, ids([tokenize(t) for t in val_texts]), val_y,
+  return images.Dataset(ids(train_tokens), train_y, ids([tokenize(t) for t in val_texts]), val_y,
                       ids([tokenize(t) for t in test_texts]), test_y)
