@@ -126,8 +126,8 @@ class SpectralDensity(NamedTuple):
     mass_below: mass of the continuous part below lambdas[0], from the theory (the CDF at the
       grid's bottom, `cdf[0]`, less the atom at 0), not from what the grid holds: the continuous
       part integrates to 1 - point_mass - top_mass, of which mass_below lies below the grid
-      (for deep Gaussian networks most of it; e.g. tanh at q* = 1, L = 1000: 0.97 below
-      1e-10 lambda_max).
+      (for deep networks most of it: tanh at q* = 1, L = 1000, orthogonal, 0.968 of the mass
+      lies below 1e-10 lambda_max; Gaussian, 0.988).
     cdf: (K,) the CDF F(lambda) = P(squared singular value <= lambda) at `lambdas`, atoms
       included, from the log-potential Im E[log(z - lambda)] at z = lambdas (1 + i height) in
       closed form (`_upper_mass`): exact at each point (up to the Cauchy smoothing), whatever
@@ -869,9 +869,12 @@ def jacobian_spectral_density(activation, sigma_w, sigma_b, depth, weights, lamb
   gaussian = weights == "gaussian"
   with jax.enable_x64(True):
     unit_lambdas = jnp.asarray(lambdas / mean)
-    m, residual, reached = _solve(unit_lambdas, law, float(depth), unit_sigma_w, gaussian, 1.0,
-                                  1.0 + depth * spread, delta, noise)
-    upper = _upper_mass_jit(m, unit_lambdas, law, float(depth), unit_sigma_w, gaussian, delta)
+    # Python floats throughout: a numpy float64 among them is a different (strong) type to jit,
+    # and would compile the solver a second time.
+    m, residual, reached = _solve(unit_lambdas, law, float(depth), unit_sigma_w, bool(gaussian),
+                                  1.0, float(1.0 + depth * spread), float(delta), float(noise))
+    upper = _upper_mass_jit(m, unit_lambdas, law, float(depth), unit_sigma_w, bool(gaussian),
+                            float(delta))
     m, residual, reached, upper = (np.asarray(m), np.asarray(residual), int(reached),
                                    np.asarray(upper))
   if reached < lambdas.size or not (np.all(np.isfinite(m)) and np.all(np.isfinite(residual))
@@ -927,38 +930,48 @@ def max_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
 
 
 def min_squared_singular_value(activation, sigma_w, sigma_b, depth, weights):
-  """The left edge lambda_min = s_min**2 of the support of J J^T's continuous part, or 0.
+  """The left edge lambda_min of the support of J J^T's continuous part, or 0 where it reaches 0.
 
-  Orthogonal weights and a smooth phi (tanh, erf): the law of d = phi'(h)**2 is taken on
-  [d_low, d_max], with d_low where P(|h| > H) = 1e-14 (or d = 1e-16 d_max; that tail's mass is
-  kept, on a panel just above d_low). Below the support z(m) is real with m < -1, parametrized
-  by real x in (0, d_low) (m = M_{D^2}(x) runs over (-inf, -1)),
-  z(x) = sigma_w**(2L) x**L (m / (1 + m))**(L - 1), which rises from 0 and turns at the edge:
-  lambda_min is its maximum, taken on a logarithmic grid of d_low - x (relative error
-  ~f'' h**2 / 8, as for `max_squared_singular_value`). For L = 1 it is sigma_w**2 d_low.
-  This edge is that of the law with its 1e-14 tail cut: near-isometric spectra (small q*) lie
-  in [lambda_min, lambda_max], a narrow window about chi**L (`spectral_grid_for` uses it).
-  Linear orthogonal networks: sigma_w**(2L) (one atom). Otherwise 0: Gaussian weights (the
-  Marchenko-Pastur hard edge), and Bernoulli D^2 (relu, hard_tanh), whose atom at 0 the
-  continuous part reaches.
+  - Orthogonal weights, smooth phi (tanh, erf): the law of d = phi'(h)**2 is taken on
+    [d_low, d_max], d_low where P(|h| > H) = 1e-14 (or d = 1e-16 d_max; that tail's mass is kept,
+    on a panel just above d_low), so this is the edge of the law with its 1e-14 tail cut:
+    near-isometric spectra (small q*) lie in [lambda_min, lambda_max], a narrow window about
+    chi**L. Below the support G, m and the subordination point x are real, m < -1 (so the L-th
+    root in x is real), x in (0, d_low), and z(x) = sigma_w**(2L) x**L (m / (1 + m))**(L - 1)
+    rises from 0 to the edge: lambda_min is its maximum, on a logarithmic grid of d_low - x
+    that includes d_low (relative error ~f'' h**2 / 8, as for `max_squared_singular_value`).
+    For L = 1 it is sigma_w**2 d_low.
+  - Gaussian weights and Bernoulli D^2 (relu, hard_tanh) at L = 1: the nonzero part is
+    sigma_w**2 times a Wishart matrix of aspect ratio p (Marchenko-Pastur),
+    sigma_w**2 (1 - sqrt(p))**2 (relu at sigma_w**2 = 2: 0.1716).
+  - Linear orthogonal networks: sigma_w**(2L) (one atom).
+  - 0 otherwise: square Gaussian weights (the Marchenko-Pastur hard edge at 0, any phi), and
+    Bernoulli D^2 at L >= 2 (orthogonal or Gaussian), whose continuous part reaches the atom at
+    0 (checked against the density: it is not small down to 1e-6 lambda_max).
   """
   act = _check(activation, sigma_w, sigma_b, depth, weights)
-  mean, _ = jacobian_moments(act, sigma_w, sigma_b, depth, weights)
+  jacobian_moments(act, sigma_w, sigma_b, depth, weights)  # raises where chi**L overflows
   q = fixed_point_variance(act, sigma_w, sigma_b)
   law = _d2_law(act, q)
+  if law.nodes.shape[0] == 0:
+    if law.p == 1.0 and weights == "orthogonal":
+      return float(sigma_w**(2 * depth) * law.atom**depth)
+    if law.p < 1.0 and weights == "gaussian" and depth == 1:
+      return float(sigma_w**2 * law.atom * (1.0 - np.sqrt(law.p))**2)
+    return 0.0
   if weights == "gaussian":
     return 0.0
-  if law.nodes.shape[0] == 0:
-    return float(sigma_w**(2 * depth) * law.atom**depth) if law.p == 1.0 else 0.0
   d_low = float(law.lower[np.sum(law.upper > 0) - 1])
   with jax.enable_x64(True):
-    # x -> 0 makes 1 + m ~ -x E[1/d]: kept where 1 + m has digits (|1 + m| > 1e-10; z -> 0
-    # there anyway, the maximum lies well above).
-    x = d_low * (1.0 - jnp.geomspace(1e-12, 1.0 - 1e-6, 4001))
+    # x -> 0 makes 1 + m ~ -x E[1/d]: the grid stops where 1 + m still has digits (z -> 0 there).
+    x = d_low * (1.0 - jnp.concatenate([jnp.zeros(1), jnp.geomspace(1e-12, 1.0 - 1e-6, 4000)]))
     m = _m_d2_real(x, law)
     log_z = (depth * (2.0 * np.log(sigma_w) + jnp.log(x))
              + (depth - 1) * (jnp.log(-m) - jnp.log(-1.0 - m)))
-    return float(jnp.exp(jnp.max(jnp.where(m < -1.0 - 1e-10, log_z, -jnp.inf))))
+    log_z = jnp.where(jnp.isfinite(m) & (m < -1.0 - 1e-10), log_z, -jnp.inf)
+    if depth == 1:
+      log_z = log_z.at[0].set(2.0 * np.log(sigma_w) + np.log(d_low))
+    return float(jnp.exp(jnp.max(log_z)))
 
 
 def spectral_grid(lambda_max, num=1000, decades=10.0):
@@ -988,8 +1001,9 @@ def spectral_grid_for(activation, sigma_w, sigma_b, depth, weights, num=1000, de
     - narrow bulk (that window starts above lambda_max / 4: orthogonal networks near isometry,
       small q* or few layers): half the points linear from bottom = max(lambda_min,
       mean - 12 std) less a margin to the middle of [bottom, lambda_max];
-    - spread over decades (Gaussian weights, deep networks): half the points log-spaced from
-      lambda_max 10**-decades to lambda_max / 2, where the density is lambda**-a-like;
+    - spread over decades (Gaussian weights, deep networks): a quarter of the points log-spaced
+      from lambda_max 10**-decades to lambda_max / 8, where the density is lambda**-a-like, a
+      quarter linear up to lambda_max / 2;
     and the other half clustered at the top edge: lambda = lambda_max - (lambda_max - mid) s**2
     (s uniform: a square-root edge is smooth in s), then geometric in lambda_max - lambda down
     to the solver's smoothing scale and above lambda_max (inverse square-root edges: one
@@ -1027,51 +1041,58 @@ def spectral_grid_for(activation, sigma_w, sigma_b, depth, weights, num=1000, de
     delta = _height(act, q, depth, spread, weights)
   except ValueError:
     delta = _DELTA_MIN
-  bulk = max(low, mean - _BULK_STDS * np.sqrt(variance))
-  n_low = num - num // 2
-  # Above lambda_max the density is the Cauchy tail of the solver's smoothing, delta lambda /
-  # (pi r) of mass beyond a distance r: the grid reaches r = 3e4 delta lambda_max (1e-5 left
-  # above), and at least 2% of the spectrum's width.
+  soft = mean - _BULK_STDS * np.sqrt(variance)
+  bulk = max(low, soft)
+  # A hard lower edge (a square-root edge of the continuous part away from 0, as for Bernoulli
+  # D^2 with Gaussian weights at L = 1) is clustered like the top one; a soft one (the tail of a
+  # near-isometric spectrum, `soft` above lambda_min) is not.
+  hard_low = low > max(soft, top * 10.0**-decades)
+  n_low = (2 * num) // 5
+  # Beyond an edge the density is the Cauchy tail of the solver's smoothing, delta lambda /
+  # (pi r) of mass beyond a distance r: the grid reaches r = 3e4 delta lambda_max above the top
+  # (1e-5 left above), and at least 2% of the spectrum's width.
   margin = 3e4 * delta * top
-  if bulk > _NARROW * top:
+  if hard_low or bulk > _NARROW * top:
     width = top - bulk
-    bottom = max(bulk - 0.02 * width, 0.5 * bulk)
+    bottom = max(bulk - max(0.02 * width, 3e4 * delta * bulk), 0.5 * bulk)
     grid_top = top + max(0.02 * width, margin)
-    mid = 0.5 * (bottom + top)
-    lower = np.linspace(bottom, mid, n_low, endpoint=False)
+    mid = 0.5 * (bulk + top)
+    if hard_low:
+      lower = _edge_points(bulk, mid, bottom, delta, n_low + 1)[::-1][:-1]
+    else:
+      lower = np.linspace(bottom, mid, n_low, endpoint=False)
   else:
     grid_top = top + max(0.02 * top, margin)
     mid = 0.5 * top
-    lower = np.geomspace(top * 10.0**-decades, mid, n_low, endpoint=False)
+    # Log-spaced over the decades, then linear over [mid / 4, mid], where a spectrum spread
+    # over only a decade or two (shallow networks) holds much of its mass.
+    n_log = n_low // 2
+    lower = np.concatenate([np.geomspace(top * 10.0**-decades, 0.25 * mid, n_log, endpoint=False),
+                            np.linspace(0.25 * mid, mid, n_low - n_log, endpoint=False)])
   return np.concatenate([lower, _edge_points(top, mid, grid_top, delta, num - n_low)])
 
 
-def _edge_points(top, mid, grid_top, delta, num):
-  """`num` points from mid to grid_top, clustered at the edge `top`.
+def _edge_points(edge, inner, beyond, delta, num):
+  """`num` points from `inner` through the edge `edge` to `beyond`, clustered at the edge.
 
-  A square-root edge (density ~ sqrt(t), t = top - lambda) is smooth in s, t = (top - mid) s**2,
-  s uniform; one orthogonal layer has an inverse square root there (the law of phi'(h)**2 at its
-  maximum), smoothed by the solver over delta top, on which the trapezoid rule in s errs by
-  O(step in s). So s**2-spacing down to t1, then geometric steps (ratio r) in t down to
-  delta top / 10, where the trapezoid rule errs by (log r)**2 / 16 of the mass for either edge;
-  t1 is where the two spacings match, 2 sqrt(W t1) / n_square = t1 log r. Then geometric steps
-  above the edge up to grid_top (only the smoothing's tail is there).
+  Ordered from inner to beyond (descending where the edge is a lower one); `inner` itself is the
+  first point. With t = |edge - lambda| and W = |edge - inner|, the points inside are graded,
+  t = W u**4 with u uniform from 1 down to (t_min / W)**(1/4), t_min = delta |edge| / 10 (the
+  solver's smoothing scale): the trapezoid rule on such a mesh integrates a density ~ t**beta
+  near the edge with O(step**2) error for beta >= -1/2 (graded meshes, exponent >= 2 / (1 +
+  beta)), which covers square-root edges and the inverse square root at the top of one
+  orthogonal layer (the law of phi'(h)**2 at its maximum). Beyond the edge only the smoothing's
+  tail is left (~sqrt(delta) of the mass at an inverse square-root edge, delta**1.5 at a
+  square-root one): a sixth of the points, geometric in t up to |beyond - edge|.
   """
-  n_above = max(4, num // 10)
-  n_square = (num - n_above) * 2 // 5
-  n_geometric = num - n_above - n_square
-  width = top - mid
-  near = max(delta * top / 10.0, 1e-15 * top)
-  # log r from the geometric part's coverage: n_geometric log r = log(t1 / near), t1 =
-  # width (2 / (n_square log r))**2 (a few fixed-point steps; log r >= 1 / n caps t1 at width).
-  log_r = 0.05
-  for _ in range(20):
-    t1 = min(width * (2.0 / (n_square * log_r))**2, width)
-    log_r = max(np.log(t1 / near) / n_geometric, 1e-6)
-  s = np.linspace(1.0, np.sqrt(t1 / width), n_square, endpoint=False)
-  below = top - t1 * np.exp(-log_r * np.arange(n_geometric))
-  above = top + np.geomspace(near, max(grid_top - top, 2.0 * near), n_above)
-  return np.concatenate([top - width * s**2, below, above])
+  n_beyond = max(4, num // 6)
+  n_inside = num - n_beyond
+  sign = 1.0 if edge > inner else -1.0
+  width = abs(edge - inner)
+  near = max(delta * abs(edge) / 10.0, 1e-15 * abs(edge))
+  u = np.linspace(1.0, min((near / width)**0.25, 0.5), n_inside)
+  out = np.geomspace(near, max(abs(beyond - edge), 2.0 * near), n_beyond)
+  return np.concatenate([edge - sign * width * u**4, edge + sign * out])
 
 
 def cumulative_distribution(result: SpectralDensity) -> np.ndarray:
