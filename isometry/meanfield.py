@@ -64,12 +64,13 @@ _SIMPSON_BELOW = 1e-3   # half-gap |u1 - u2| / 2 below which a difference of phi
 _LEGENDRE_POINTS = 48   # Gauss-Legendre nodes per piece for hard_tanh's c-map (4 pieces)
 
 # |chi - 1| at or below this is the critical line as far as float64 can tell. chi = sigma_w**2
-# mu_1(q*) is a sum of 801 positive terms (rounding <= ~log2(801) eps = 1.1e-15 relative, XLA
-# reduces pairwise), times sigma_w**2 (1 rounding), at a q* that Newton solves to its rounding
-# level, which moves chi by about eps * |d chi / d q| q / (1 - q-map slope) ~ eps (measured over
-# q* in [1e-6, 100] on the critical line of tanh, erf and hard_tanh: |chi - 1| <= 4.3e-15). The
-# tolerance is ~25 times that; what it gives up is the distinction between xi_c = inf and xi_c
-# > 1e13 layers.
+# mu_1(q*) is a sum of 801 positive terms (relative rounding ~sqrt(801) eps = 3e-15 for a
+# random-walk accumulation, at most 801 eps = 1.8e-13), times sigma_w**2 (one rounding), at a q*
+# that Newton solves to its rounding level, which moves chi by ~eps |d chi / d q| q /
+# (1 - q-map slope) ~ eps. Measured at the critical points of tanh, erf and hard_tanh for q* in
+# [1e-6, 100]: |chi - 1| <= 4.3e-15 (closed forms: one rounding). The tolerance is ~25 times that
+# (below the worst-case bound); what it gives up is the distinction between xi_c = inf and
+# xi_c > 1e13 layers.
 CHI_TOLERANCE = 1e-13
 
 _Q_MAX_ITERATIONS = 200
@@ -175,9 +176,10 @@ def gaussian_expectation(f, q, num_points: int = NUM_POINTS):
 #     ignore it.
 #   c_map_gaps(q, eps, level) = (deficit, gap) at c = 1 - eps, 0 < eps <= 1, with K, dk the two
 #     kernels: deficit = dk(1) - (K(1) - K(c)) / (q eps), gap = dk(1) - dk(c). Both vanish like
-#     eps (like sqrt(eps) for hard_tanh) and are computed without the cancellation of the
-#     differences they are written as: they place the chaotic fixed point c* when it is within
-#     1e-12 of 1 (see _c_star).
+#     eps (like sqrt(eps) for hard_tanh). For smooth phi (quadrature) and erf they are computed
+#     without the cancellation of the differences they are written as, which places the chaotic
+#     fixed point c* when it is within ~1e-12 of 1 (see _c_star); relu and hard_tanh take the
+#     differences (relative error ~1e-16 / eps).
 
 class _Integrals(NamedTuple):
   second_moment: callable
@@ -679,6 +681,11 @@ def _critical_point_jit(act, q):
   return sigma_w, sigma_b, gap
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _q_star_many_jit(act, sigma_w, sigma_b):
+  return jnp.vectorize(functools.partial(_q_star, act))(sigma_w, sigma_b)
+
+
 def critical_point(activation: ActivationLike, q_star):
   """The (sigma_w, sigma_b) on the critical line chi = 1 whose fixed point is q_star.
 
@@ -723,7 +730,7 @@ def critical_point(activation: ActivationLike, q_star):
         f"q* = {q_star} has no critical point for {act.name}: it would need sigma_b**2 < 0")
   if np.all(np.isfinite(sbc)):
     with jax.enable_x64(True):
-      solved = np.asarray(_finish(_q_star_jit(act, _f64(sigma_w), _f64(sigma_b))))
+      solved = np.asarray(_finish(_q_star_many_jit(act, _f64(sigma_w), _f64(sigma_b))))
     off = np.abs(solved / qc - 1.0)
     if np.all(off <= _CRITICAL_Q_RTOL):
       return sigma_w, sigma_b
