@@ -202,7 +202,7 @@ def test_tanh_kernels_against_nested_quadrature(q, c):
 
 
 def test_c_star_and_xi_c_where_the_kernels_were_coarse():
-  # (3, 1): q* = 4.96, chaotic. The issue measured xi_c off by 1.3e-5 relative with the old rule.
+  # (3, 1): q* = 7.51, chaotic. The issue measured xi_c off by 1.3e-5 relative with the old rule.
   # Check c* as a fixed point of the c-map built on nested quadrature, and xi_c from its slope.
   sw, sb = 3.0, 1.0
   q = float(mf.q_star("tanh", sw, sb))
