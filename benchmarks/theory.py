@@ -6,6 +6,13 @@
     `freeprob.spectral_grid` below the spectral edge: the first call (compilation included)
     and the median of the calls after it; then the same for both weights at each of
     --case_depths (the issue's target: < 0.1 s after compilation for all of them).
+  - the density across the phase diagram (issue 14): tanh, erf, hard_tanh, relu, linear at
+    their critical points for q* in {1e-6, ..., 100}, L in {1, 2, 16, 256, 10000}, both weight
+    laws, on `freeprob.spectral_grid_for(..., --grid)`: every case called twice, the second
+    timed (after compilation; target 0.5 s), with the mass budget (trapezoid of the density in
+    log lambda + mass_below + atoms - 1) and the count of ValueErrors (chi**L overflow, atoms).
+    Skipped with --no_phase_diagram.
+  - `meanfield.phase_diagram` for tanh on the 121 x 121 grid of `scripts/phase_diagram.py`.
   - `isometry.jacobian.jacobian_squared_singular_values` at the same point, width 1000, depth
     128, one network (float64: 128 QR draws, 128 products 1000 x 1000 x 1000 and one SVD).
 
@@ -41,6 +48,65 @@ def _times(fn, repeats: int) -> dict:
           "min_s": round(min(after), 4), "calls_s": [round(t, 4) for t in after]}
 
 
+def _phase_diagram_sweep(num: int) -> dict:
+  """Density timings and mass budgets over issue 14's grid (see the module docstring)."""
+  import numpy as np
+  from isometry import freeprob
+  from isometry import meanfield
+  times, budgets, refused, no_critical = [], [], {}, 0
+  slowest = None
+  for act in ("tanh", "erf", "hard_tanh", "relu", "linear"):
+    for q in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0):
+      try:
+        sigma_w, sigma_b = (float(v) for v in meanfield.critical_point(act, q))
+      except ValueError:
+        no_critical += 1
+        continue
+      for depth in (1, 2, 16, 256, 10000):
+        for weights in freeprob.WEIGHTS:
+          args = (act, sigma_w, sigma_b, depth, weights)
+          try:
+            grid = freeprob.spectral_grid_for(*args, num)
+            freeprob.jacobian_spectral_density(*args, grid)
+          except ValueError as error:
+            reason = str(error).split(":")[0][:60]
+            refused[reason] = refused.get(reason, 0) + 1
+            continue
+          start = time.perf_counter()
+          result = freeprob.jacobian_spectral_density(*args, grid)
+          elapsed = time.perf_counter() - start
+          times.append(elapsed)
+          budgets.append(float(np.trapezoid(result.density * grid, np.log(grid))
+                               + result.mass_below + result.point_mass + result.top_mass - 1.0))
+          if slowest is None or elapsed > slowest["s"]:
+            slowest = {"s": round(elapsed, 4), "activation": act, "q_star": q, "depth": depth,
+                       "weights": weights}
+  row = {
+      "call": f"freeprob.jacobian_spectral_density(..., spectral_grid_for(..., {num})) at the "
+              "critical points of tanh, erf, hard_tanh, relu, linear; q* in {1e-6, ..., 100}, "
+              "L in {1, 2, 16, 256, 10000}, both weight laws",
+      "grid_points": num, "target_s": 0.5, "solved": len(times),
+      "refused_value_errors": refused, "q_star_without_critical_point": no_critical,
+      "max_s": round(max(times), 4), "median_s": round(statistics.median(times), 4),
+      "slowest": slowest,
+      "worst_mass_budget": float(max(budgets, key=abs)),
+  }
+  print(f"phase-diagram sweep: {row['solved']} densities, max {row['max_s']} s, median "
+        f"{row['median_s']} s, worst mass budget {row['worst_mass_budget']:.2e}", file=sys.stderr,
+        flush=True)
+  return row
+
+
+def _mean_field_phase_diagram() -> dict:
+  import numpy as np
+  from isometry import meanfield
+  sigma_w2, sigma_b2 = np.linspace(0.5, 4.0, 121), np.linspace(0.0, 0.5, 121)
+  times = _times(lambda: meanfield.phase_diagram("tanh", sigma_w2, sigma_b2), 2)
+  print(f"meanfield.phase_diagram tanh 121 x 121: {times}", file=sys.stderr, flush=True)
+  return {"call": "meanfield.phase_diagram('tanh', linspace(0.5, 4, 121), linspace(0, 0.5, 121))",
+          **times}
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--depth", type=int, default=128)
   p.add_argument("--jacobian_repeats", type=int, default=2,
                  help="Monte-Carlo spectrum calls after the first")
+  p.add_argument("--no_phase_diagram", action="store_true",
+                 help="skip the density sweep over the phase diagram and the mean-field diagram")
   p.add_argument("--max_load", type=float, default=2.0)
   p.add_argument("--wait_s", type=float, default=0.0)
   p.add_argument("--out", default=os.path.join(common.RESULTS, "theory.json"))
@@ -107,6 +175,9 @@ def main(argv=None) -> dict:
                     "max_residual": float(np.max(last["case"].residual))})
       print(f"density {weights} L={depth}: {times}", file=sys.stderr, flush=True)
 
+  grid_sweep = None if a.no_phase_diagram else _phase_diagram_sweep(a.grid)
+  mean_field = None if a.no_phase_diagram else _mean_field_phase_diagram()
+
   key = jax.random.key(0)
 
   def spectrum():
@@ -137,6 +208,8 @@ def main(argv=None) -> dict:
           "cases": cases,
           "worst_median_s": max((c["median_s"] for c in cases), default=None),
       },
+      "spectral_density_phase_diagram": grid_sweep,
+      "meanfield_phase_diagram": mean_field,
       "jacobian_spectrum": {
           "call": "jacobian.jacobian_squared_singular_values(key, 'tanh', 'orthogonal', "
                   f"sigma_w, sigma_b, {a.depth}, {a.width}, 1)",

@@ -41,14 +41,41 @@ def test_theory_md_critical_points():
 @pytest.mark.parametrize("activation", BOUNDED)
 @pytest.mark.parametrize("q", [1 / 64, 0.2, 1.0, 3.0])
 def test_critical_point_has_chi_one_and_its_q_star(activation, q):
+  if activation == "hard_tanh" and q < 0.03:
+    # hard_tanh is linear up to 8 standard deviations at q = 1/64: the critical point is
+    # sigma_w^2 = 1 + 1.5e-15, where the q-map's slope is 1 - 8e-14 and q* is not determined by
+    # float64 (every q nearby is a fixed point to ~1e-16): refused, not returned wrong.
+    with pytest.raises(ValueError, match="not an isolated fixed point"):
+      mf.critical_point(activation, q)
+    return
   sw, sb = mf.critical_point(activation, q)
   np.testing.assert_allclose(mf.chi(activation, sw, sb), 1.0, rtol=1e-11)
-  if activation == "hard_tanh" and q < 0.1:
-    # hard_tanh is linear up to 8 standard deviations at q = 1/64: the critical point is
-    # sigma_w^2 = 1 + 1.5e-15, where the q-map's slope is 1 to machine precision and q* is
-    # not determined by float64 (every q nearby is a fixed point to ~1e-16).
-    return
   np.testing.assert_allclose(mf.q_star(activation, sw, sb), q, rtol=1e-10)
+
+
+@pytest.mark.parametrize("activation,qs", [
+    ("tanh", (1e-6, 1e-5, 1e-3, 0.1, 10.0, 100.0)),
+    ("erf", (1e-6, 1e-4, 1e-2, 10.0, 100.0)),
+    ("hard_tanh", (0.05, 10.0, 100.0)),
+])
+def test_critical_point_returns_the_q_star_asked_for(activation, qs):
+  # The contract across the range the density code is used on: the fixed point at the returned
+  # scales is q* to 1e-9, and chi is 1 to its rounding (CHI_TOLERANCE).
+  for q in qs:
+    sw, sb = mf.critical_point(activation, q)
+    np.testing.assert_allclose(mf.q_star(activation, sw, sb), q, rtol=1e-9, err_msg=str(q))
+    assert abs(mf.chi(activation, sw, sb) - 1.0) <= mf.CHI_TOLERANCE, q
+
+
+@pytest.mark.parametrize("q", [1e-3, 0.02])
+def test_hard_tanh_small_q_star_is_not_isolated(q):
+  # The q-map at the critical point is the identity to within ~exp(-1 / (2 q)): refused with the
+  # reason, not answered with another fixed point (it used to return q* = 0.0161 for 1e-3).
+  with pytest.raises(ValueError, match=r"not an isolated fixed point.*choose a larger q\*"):
+    mf.critical_point("hard_tanh", q)
+  with jax.enable_x64(True):
+    sw, sb = jax.jit(lambda x: mf.critical_point("hard_tanh", x))(q)
+  assert np.isnan(sb)
 
 
 def test_critical_point_homogeneous():
@@ -130,6 +157,121 @@ def test_erf_closed_forms_against_quadrature(q):
                                mf.correlation_map(quadrature, c, q, 1.3, 0.2), atol=1e-12)
   np.testing.assert_allclose(mf.depth_scales("erf", 1.3, 0.2),
                              mf.depth_scales(quadrature, 1.3, 0.2), rtol=1e-8)
+
+
+def _nested_quad_kernel(f, q, c):
+  """E[f(u1) f(u2)], u1, u2 ~ N(0, q) with correlation c, by conditioning on z1.
+
+  Adaptive quad over z1 of f(sqrt(q) z1) E[f(u2) | z1], the inner expectation itself by adaptive
+  quad over z2 (u2 = sqrt(q) (c z1 + s z2)); break points at the centre of f's transition
+  (z1 = 0, z2 = -c z1 / s) and 4 widths either side. Truncation at 9 standard deviations
+  (2e-19 of the mass).
+  """
+  s, r = np.sqrt(1.0 - c * c), np.sqrt(q)
+  pdf = lambda z: np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+
+  def inner(z1):
+    if s == 0.0:
+      return f(r * c * z1)
+    mid, width = -c * z1 / s, 1.0 / (r * s)
+    points = [p for p in (mid - 4 * width, mid, mid + 4 * width) if -9 < p < 9]
+    return integrate.quad(lambda z2: f(r * (c * z1 + s * z2)) * pdf(z2), -9, 9,
+                          points=points or None, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+
+  points = [p for p in (-4 / r, 0.0, 4 / r) if -9 < p < 9]
+  return integrate.quad(lambda z1: f(r * z1) * inner(z1) * pdf(z1), -9, 9, points=points,
+                        epsabs=1e-14, epsrel=1e-12, limit=200)[0]
+
+
+@pytest.mark.parametrize("q,c", [
+    (0.01, 0.5), (1.0, -0.999999), (4.5, 0.0), (15.0, 0.3), (15.0, -0.9999), (30.0, 0.99999),
+    (50.0, 0.9), (50.0, 0.0), (50.0, -0.5), (50.0, 1.0)])
+def test_tanh_kernels_against_nested_quadrature(q, c):
+  """Both c-map kernels of tanh within 1e-9 relative of nested adaptive quadrature, q <= 50.
+
+  The former fixed 81 x 81 rule was off by 3.4e-4 in E[phi' phi'] at q = 15 and 8e-3 at q = 30
+  (tanh's poles at +-i pi / 2 narrow the strip of analyticity in z = h / sqrt(q) like
+  1 / sqrt(q)). The rule's own estimate is ~1e-12 (`meanfield._kernel_rule`); scipy's quad
+  reaches ~1e-14 here. K(0) = E[tanh]^2 = 0 for this odd phi, hence the absolute floor.
+  """
+  sech2 = lambda h: 1.0 / np.cosh(h)**2
+  c_next, chi_c = mf.correlation_map("tanh", c, q, 1.0, 0.0)
+  np.testing.assert_allclose(c_next * q, _nested_quad_kernel(np.tanh, q, c), rtol=1e-9,
+                             atol=1e-13)
+  np.testing.assert_allclose(chi_c, _nested_quad_kernel(sech2, q, c), rtol=1e-9, atol=1e-13)
+
+
+def test_c_star_and_xi_c_where_the_kernels_were_coarse():
+  # (3, 1): q* = 7.51, chaotic. The issue measured xi_c off by 1.3e-5 relative with the old rule.
+  # Check c* as a fixed point of the c-map built on nested quadrature, and xi_c from its slope.
+  sw, sb = 3.0, 1.0
+  q = float(mf.q_star("tanh", sw, sb))
+  c = float(mf.c_star("tanh", sw, sb))
+  k = _nested_quad_kernel(np.tanh, q, c)
+  np.testing.assert_allclose((sw**2 * k + sb**2) / q, c, rtol=0, atol=1e-11)
+  chi_c = sw**2 * _nested_quad_kernel(lambda h: 1.0 / np.cosh(h)**2, q, c)
+  np.testing.assert_allclose(mf.depth_scales("tanh", sw, sb)[1], -1 / np.log(chi_c), rtol=1e-9)
+
+
+@pytest.mark.parametrize("activation,sigma_w", [
+    ("tanh", 1.0), ("hard_tanh", 1.0), ("erf", np.sqrt(np.pi) / 2)])
+def test_exactly_critical_at_zero_bias(activation, sigma_w):
+  # sigma_b = 0, sigma_w**2 phi'(0)**2 = 1: q* = 0 exactly and chi = sigma_w**2 phi'(0)**2 = 1 up to
+  # the rounding of sigma_w itself; the point is critical: c* = 1, xi_c = inf, and the q-map's slope
+  # at 0 is 1 too, xi_q = inf. (Before: chi = 1 + 2.2e-16 sent it down the chaotic branch, xi_c =
+  # 1.4e7, c* = 1 - 2.5e-7, on the versions of numpy/jax of a fresh machine.)
+  assert mf.q_star(activation, sigma_w, 0.0) == 0.0
+  assert abs(mf.chi(activation, sigma_w, 0.0) - 1.0) <= 4e-16
+  assert mf.c_star(activation, sigma_w, 0.0) == 1.0
+  assert mf.depth_scales(activation, sigma_w, 0.0) == (np.inf, np.inf)
+  # Below: ordered, q* = 0, chi = sigma_w**2 phi'(0)**2 in closed form.
+  np.testing.assert_allclose(mf.chi(activation, 0.9 * sigma_w, 0.0), 0.81, rtol=1e-15)
+  assert mf.q_star(activation, 0.9 * sigma_w, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("ulps", [-3, -1, 1, 3])
+def test_chi_within_rounding_of_one_is_critical(ulps):
+  # sigma_w a few ulps either side of the critical point: chi is 1 to ~1e-15, which no float64
+  # evaluation can tell from 1; the classification must not flip on the last digit.
+  sw, sb = (float(v) for v in mf.critical_point("tanh", 0.5))
+  sw = sw + ulps * np.spacing(sw)
+  assert abs(mf.chi("tanh", sw, sb) - 1.0) <= mf.CHI_TOLERANCE
+  assert mf.c_star("tanh", sw, sb) == 1.0
+  assert mf.depth_scales("tanh", sw, sb)[1] == np.inf
+  # Just outside the tolerance the phases are back, with xi_c ~ 1 / |chi - 1|.
+  for factor, phase in ((1 + 1e-6, "chaotic"), (1 - 1e-6, "ordered")):
+    excess = mf.chi("tanh", factor * sw, sb) - 1.0
+    xi_c = mf.depth_scales("tanh", factor * sw, sb)[1]
+    assert (excess > 0) == (phase == "chaotic")
+    assert 0.5 / abs(excess) < xi_c < 2 / abs(excess), (phase, excess, xi_c)
+
+
+@pytest.mark.parametrize("activation", BOUNDED + ("relu", "linear"))
+@pytest.mark.parametrize("sigma_b", [0.0, 1e-6, 0.05, 0.3, 1.0])
+def test_critical_sigma_w(activation, sigma_b):
+  sw = mf.critical_sigma_w(activation, sigma_b)
+  if activation in ("relu", "linear"):
+    assert sw == {"relu": np.sqrt(2.0), "linear": 1.0}[activation]
+    return
+  assert abs(mf.chi(activation, sw, sigma_b) - 1.0) <= mf.CHI_TOLERANCE
+  # The order-to-chaos transition: ordered below, chaotic above.
+  assert mf.chi(activation, 0.99 * sw, sigma_b) < 1 < mf.chi(activation, 1.01 * sw, sigma_b)
+  if sigma_b == 0.0:
+    # Closed form 1 / |phi'(0)|: q* = 0 up to there.
+    expected = {"tanh": 1.0, "hard_tanh": 1.0, "erf": np.sqrt(np.pi) / 2}[activation]
+    assert sw == pytest.approx(expected, rel=4e-16)    # 1 / |phi'(0)| rounds differently
+
+
+def test_critical_sigma_w_agrees_with_critical_point_and_refuses_bad_input():
+  sw_q, sb_q = mf.critical_point("tanh", 1.0)
+  np.testing.assert_allclose(mf.critical_sigma_w("tanh", sb_q), sw_q, rtol=1e-12)
+  with pytest.raises(ValueError, match="sigma_b"):
+    mf.critical_sigma_w("tanh", -0.1)
+  # phi = 0.5 tanh: chi <= sigma_w**2 / 4 ... but chi grows without bound with sigma_w, so a root
+  # exists; phi = 0.1 (a constant plus nothing): chi = 0 everywhere, no root.
+  flat = Activation("flat", lambda h: 0.1 + 0.0 * h, lambda h: 0.0 * h, False)
+  with pytest.raises(ValueError, match="no critical sigma_w"):
+    mf.critical_sigma_w(flat, 0.3)
 
 
 @pytest.mark.parametrize("q,c", [(0.5, 0.3), (2.0, 0.9)])
@@ -255,18 +397,28 @@ def test_phase_diagram_tanh():
   sb2 = np.linspace(0.0, 0.5, 6)
   pd = mf.phase_diagram("tanh", sw2, sb2)
   assert pd.chi.shape == (15, 6) and pd.chi.dtype == np.float64
+  # sigma_w2 = 1, sigma_b2 = 0 is exactly critical (q* = 0, chi = 1): xi_c and xi_q are inf there,
+  # finite everywhere else.
+  critical = (sw2[:, None] == 1.0) & (sb2[None, :] == 0.0)
   for field in pd:
-    assert np.all(np.isfinite(field))
+    assert np.all(np.isfinite(field[~critical]))
+  assert pd.chi[critical] == 1.0 and pd.q_star[critical] == 0.0 and pd.c_star[critical] == 1.0
+  assert pd.xi_c[critical] == np.inf and pd.xi_q[critical] == np.inf
   assert np.all(pd.xi_c > 0) and np.all(pd.xi_q > 0)
   np.testing.assert_allclose(pd.chi[3, 2], mf.chi("tanh", np.sqrt(sw2[3]), np.sqrt(sb2[2])),
                              rtol=1e-13)
-  # Ordered (chi < 1) below the critical line, chaotic above; the line found by root finding on chi.
+  # Ordered (chi < 1) below the critical line, chaotic above; the line from critical_sigma_w.
   for j, b2 in enumerate(sb2):
-    critical_w2 = optimize.brentq(
-        lambda w2: float(mf.chi("tanh", np.sqrt(w2), np.sqrt(b2))) - 1, 0.5, 4.0, xtol=1e-12)
-    below, above = sw2 < critical_w2 - 1e-9, sw2 > critical_w2 + 1e-9
+    critical_w2 = mf.critical_sigma_w("tanh", np.sqrt(b2))**2
+    below, above = sw2 < critical_w2 * (1 - 1e-9), sw2 > critical_w2 * (1 + 1e-9)
     assert np.all(pd.chi[below, j] < 1) and np.all(pd.chi[above, j] > 1)
     assert np.all(pd.c_star[below, j] == 1) and np.all(pd.c_star[above, j] < 1)
+  # The grid's points agree with the pointwise functions (batched evaluation, same numbers).
+  for i, j in ((10, 3), (14, 0), (6, 5)):
+    sw, sb = np.sqrt(sw2[i]), np.sqrt(sb2[j])
+    np.testing.assert_allclose(pd.c_star[i, j], mf.c_star("tanh", sw, sb), rtol=1e-12)
+    np.testing.assert_allclose([pd.xi_q[i, j], pd.xi_c[i, j]], mf.depth_scales("tanh", sw, sb),
+                               rtol=1e-10)
 
 
 def test_phase_diagram_relu_marks_missing_fixed_point():

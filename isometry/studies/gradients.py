@@ -134,26 +134,10 @@ class StudyConfig(harness.DataConfig):
 
 
 def critical_sigma_w(activation: str, sigma_b: float) -> float:
-  """The sigma_w on the critical line chi(sigma_w, sigma_b) = 1 at this bias scale.
-
-  linear: 1, relu: sqrt(2) (chi = sigma_w^2, sigma_w^2 / 2 for any sigma_b); otherwise the root
-  of meanfield.chi - 1 by Brent's method on [0.1, 10] (chi increases with sigma_w there).
-
-  Raises:
-    ValueError: no root in the bracket.
-
-  References:
-    Schoenholz et al., Deep information propagation, 2016 (the order-to-chaos line chi = 1).
-  """
-  if activation == "linear":
-    return 1.0
-  if activation == "relu":
-    return float(np.sqrt(2.0))
-  f = lambda sw: float(meanfield.chi(activation, sw, sigma_b)) - 1.0
-  lo, hi = 0.1, 10.0
-  if not f(lo) < 0 < f(hi):
-    raise ValueError(f"no critical sigma_w for {activation} at sigma_b={sigma_b} in [{lo}, {hi}]")
-  return float(optimize.brentq(f, lo, hi, xtol=1e-14, rtol=1e-14))
+  """The sigma_w on the critical line chi(sigma_w, sigma_b) = 1 at this bias scale
+  (`meanfield.critical_sigma_w`: closed forms for linear, relu and sigma_b = 0, else Brent's
+  method on a bracket that contains the root; ValueError where none exists)."""
+  return meanfield.critical_sigma_w(activation, sigma_b)
 
 
 def input_variance(activation: str, sigma_w: float, sigma_b: float) -> float:
