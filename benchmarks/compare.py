@@ -166,7 +166,7 @@ def main(argv=None) -> dict:
   from isometry.results import io
   quiet = common.wait_for_quiet(a.max_load, a.wait_s)
   common.set_cpu_threads(a.threads)  # Before jax starts its CPU backend (machine_info).
-  result = {"benchmark": "RNN train step, isometry.train vs torch.nn.RNN",
+  result = {"benchmark": "RNN train step, isometry.engine.train vs torch.nn.RNN",
             "machine": common.machine_info(), "torch": torch.__version__,
             "load_at_start": quiet["load"], "quiet_at_start": quiet["quiet"],
             "max_load": a.max_load,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time and memory of the matrix-free Jacobian moments (`isometry.diagnostics.spectral_moments`)
+"""Time and memory of the matrix-free Jacobian moments (`isometry.theory.diagnostics.spectral_moments`)
 on a wide, deep network.
 
 Network: a Gaussian tanh MLP x_l = tanh(x_{l-1} W_l + b_l), width 8192, depth 32, W_l entries
@@ -78,9 +78,9 @@ def main(argv=None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from isometry import diagnostics
-  from isometry import freeprob
-  from isometry import meanfield
+  from isometry.theory import diagnostics
+  from isometry.theory import freeprob
+  from isometry.theory import meanfield
 
   sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", a.q_star))
   n, depth = a.width, a.depth

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train-step time of the library's vanilla tanh RNN classifier on sequential-MNIST shapes.
 
-What is timed is what users run: `isometry.train.make_train(config, arrays).run_epoch` for a
+What is timed is what users run: `isometry.engine.train.make_train(config, arrays).run_epoch` for a
 one-member sweep (orthogonal recurrent init with gain g, linear read-out of the last hidden state,
 cross-entropy plus lam * mean((W^T W / g^2 - I)^2), Adam at 1e-3, the config's scan unroll), on
 random inputs. The library has no single-step function: a step is one iteration of the epoch's
@@ -153,7 +153,7 @@ def main(argv=None) -> dict:
   step = LibraryStep(a.steps_per_seq, a.hidden, a.batch, a.gain, a.lam, a.iters, a.unroll)
   timing = step.time()
   dt = timing["step_s"]
-  result = {"impl": "isometry.train", "jax": jax.__version__, "threads": threads,
+  result = {"impl": "isometry.engine.train", "jax": jax.__version__, "threads": threads,
             "steps_per_seq": a.steps_per_seq, "hidden": a.hidden, "batch": a.batch,
             "step_ms": round(dt * 1e3, 3), "sequences_per_s": round(a.batch / dt, 1),
             "epoch_ms_per_step": round(timing["epoch_s"] / a.iters * 1e3, 3),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Throughput of K vmapped sweep members against K separate runs, through isometry.train.
+"""Throughput of K vmapped sweep members against K separate runs, through isometry.engine.train.
 
 For K in --ks, one `make_train` program trains K RNN members (row-by-row sequences, hidden 128,
 batch 128, orthogonal init, soft-orthogonality penalty, Adam; members differ in gain, learning rate

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time of the theory code: the free-probability density and the Monte-Carlo Jacobian spectrum.
 
-  - `isometry.freeprob.jacobian_spectral_density` for tanh at the critical point with q* = 1
+  - `isometry.theory.freeprob.jacobian_spectral_density` for tanh at the critical point with q* = 1
     (`meanfield.critical_point`), depth 32, orthogonal weights, on the 1000-point
     `freeprob.spectral_grid` below the spectral edge: the first call (compilation included)
     and the median of the calls after it; then the same for both weights at each of
@@ -12,8 +12,8 @@
     timed (after compilation; target 0.5 s), with the mass budget (trapezoid of the density in
     log lambda + mass_below + atoms - 1) and the count of ValueErrors (chi**L overflow, atoms).
     Skipped with --no_phase_diagram.
-  - `meanfield.phase_diagram` for tanh on the 121 x 121 grid of `scripts/phase_diagram.py`.
-  - `isometry.jacobian.jacobian_squared_singular_values` at the same point, width 1000, depth
+  - `correlations.phase_diagram` for tanh on the 121 x 121 grid of `scripts/phase_diagram.py`.
+  - `isometry.theory.jacobian.jacobian_squared_singular_values` at the same point, width 1000, depth
     128, one network (float64: 128 QR draws, 128 products 1000 x 1000 x 1000 and one SVD).
 
 The float64 1000 x 1000 matmul rate is measured in the same run for scale. Writes
@@ -51,8 +51,8 @@ def _times(fn, repeats: int) -> dict:
 def _phase_diagram_sweep(num: int) -> dict:
   """Density timings and mass budgets over issue 14's grid (see the module docstring)."""
   import numpy as np
-  from isometry import freeprob
-  from isometry import meanfield
+  from isometry.theory import freeprob
+  from isometry.theory import meanfield
   times, budgets, refused, no_critical = [], [], {}, 0
   slowest = None
   for act in ("tanh", "erf", "hard_tanh", "relu", "linear"):
@@ -99,11 +99,11 @@ def _phase_diagram_sweep(num: int) -> dict:
 
 def _mean_field_phase_diagram() -> dict:
   import numpy as np
-  from isometry import meanfield
+  from isometry.theory import correlations
   sigma_w2, sigma_b2 = np.linspace(0.5, 4.0, 121), np.linspace(0.0, 0.5, 121)
-  times = _times(lambda: meanfield.phase_diagram("tanh", sigma_w2, sigma_b2), 2)
-  print(f"meanfield.phase_diagram tanh 121 x 121: {times}", file=sys.stderr, flush=True)
-  return {"call": "meanfield.phase_diagram('tanh', linspace(0.5, 4, 121), linspace(0, 0.5, 121))",
+  times = _times(lambda: correlations.phase_diagram("tanh", sigma_w2, sigma_b2), 2)
+  print(f"correlations.phase_diagram tanh 121 x 121: {times}", file=sys.stderr, flush=True)
+  return {"call": "correlations.phase_diagram('tanh', linspace(0.5, 4, 121), linspace(0, 0.5, 121))",
           **times}
 
 
@@ -141,10 +141,10 @@ def main(argv=None) -> dict:
   quiet = common.wait_for_quiet(a.max_load, a.wait_s)
   import jax
   import numpy as np
-  from isometry import freeprob
+  from isometry.theory import freeprob
   from isometry.results import io
-  from isometry import jacobian
-  from isometry import meanfield
+  from isometry.theory import jacobian
+  from isometry.theory import meanfield
 
   sigma_w, sigma_b = (float(v) for v in meanfield.critical_point("tanh", 1.0))
   edge = freeprob.max_squared_singular_value("tanh", sigma_w, sigma_b, a.density_depth,

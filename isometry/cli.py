@@ -100,6 +100,28 @@ def run(main) -> None:
   app.run(checked_main, flags_parser=_parse_flags)
 
 
+def define_run_flags(resume_help: str = "Continue the run in --out_dir from its checkpoint."
+                     ) -> None:
+  """--out_dir (required), --resume and --overwrite: the flags of a script that trains one run."""
+  flags.DEFINE_string("out_dir", None, "Results folder.")
+  flags.DEFINE_boolean("resume", False, resume_help)
+  flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir.")
+  flags.mark_flag_as_required("out_dir")
+
+
+def run_main(make_config, run_fn, errors=()):
+  """The absl main of a training script: run_fn(make_config(), --out_dir, resume=, overwrite=),
+  with a ValueError from the config, or one of `errors` from the run, ending in one line and
+  exit code 2."""
+  def main(argv):
+    del argv
+    config = call(make_config)
+    values = flags.FLAGS
+    call(run_fn, config, values.out_dir, resume=values.resume, overwrite=values.overwrite,
+         errors=tuple(errors))
+  return main
+
+
 # ------------------------------------------------------------------- flags from a config class
 
 def _field_help(cls) -> Dict[str, str]:
@@ -157,11 +179,12 @@ def _flag_value(value, is_tuple):
 
 
 def define_flags(cls, *, skip=(), aliases: Optional[Dict[str, str]] = None,
-                 flag_values=flags.FLAGS) -> None:
+                 defaults: Optional[Dict[str, Any]] = None, flag_values=flags.FLAGS) -> None:
   """Defines one absl flag per field of the dataclass `cls` (but `skip`).
 
-  Flags carry the field's name and default; tuple fields are comma-separated lists.
-  `aliases` maps extra flag names to fields (old names that scripts keep accepting).
+  Flags carry the field's name and default (or the script's own, from `defaults`); tuple
+  fields are comma-separated lists. `aliases` maps extra flag names to fields (old names that
+  scripts keep accepting).
   """
   helps = _field_help(cls)
   hints = typing.get_type_hints(cls)
@@ -174,6 +197,7 @@ def define_flags(cls, *, skip=(), aliases: Optional[Dict[str, str]] = None,
       continue
     kind, is_tuple = _unwrap(hints[field.name])
     default = field.default if field.default is not dataclasses.MISSING else None
+    default = (defaults or {}).get(field.name, default)
     help_text = helps.get(field.name, field.name.replace("_", " ")) or field.name
     value = _flag_value(default, is_tuple)
     if is_tuple:
@@ -202,8 +226,10 @@ def _parse_item(name: str, kind, text: str):
     raise ValueError(f"--{name} must be comma-separated {noun}, got {text!r}") from None
 
 
-def flag_overrides(cls, *, skip=(), flag_values=flags.FLAGS) -> Dict[str, Any]:
-  """{field: value} for the fields of `cls` whose flags the user set, converted to field types.
+def flag_overrides(cls, *, skip=(), flag_values=flags.FLAGS, present_only: bool = True
+                   ) -> Dict[str, Any]:
+  """{field: value} for the fields of `cls` with a flag, converted to the fields' types: those
+  the user set (or with `present_only=False` every flag, at its default where not set).
 
   Raises:
     ValueError: a list item that does not convert (one line, naming the flag).
@@ -211,11 +237,13 @@ def flag_overrides(cls, *, skip=(), flag_values=flags.FLAGS) -> Dict[str, Any]:
   hints = typing.get_type_hints(cls)
   overrides = {}
   for field in dataclasses.fields(cls):
-    if field.name in skip or field.name not in flag_values or not flag_values[field.name].present:
+    if field.name in skip or field.name not in flag_values:
+      continue
+    if present_only and not flag_values[field.name].present:
       continue
     kind, is_tuple = _unwrap(hints[field.name])
     value = flag_values[field.name].value
-    if is_tuple:
+    if is_tuple and value is not None:
       value = tuple(_parse_item(field.name, kind, item) for item in value)
     overrides[field.name] = value
   return overrides
@@ -234,13 +262,16 @@ def name_the_flag(message: str, names) -> str:
 
 
 def config_from_flags(cls, *, skip=(), flag_values=flags.FLAGS, **fixed):
-  """cls(**fixed, **flag overrides): the config the command line asks for.
+  """The config the command line asks for: every field with a flag from it (at the flag's
+  default where the user did not set it: the field's, or the script's own), `fixed` for the
+  others; a flag the user set wins over `fixed`.
 
   Raises:
     ValueError: a bad value, one line naming its flag.
   """
-  overrides = flag_overrides(cls, skip=skip, flag_values=flag_values)
+  every = flag_overrides(cls, skip=skip, flag_values=flag_values, present_only=False)
+  given = flag_overrides(cls, skip=skip, flag_values=flag_values)
   try:
-    return cls(**{**fixed, **overrides})
+    return cls(**{**every, **fixed, **given})
   except ValueError as e:
     raise ValueError(name_the_flag(str(e), [f.name for f in dataclasses.fields(cls)])) from None

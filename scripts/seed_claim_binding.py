@@ -4,7 +4,7 @@
 Pilot (which strengths keep W within 10% of g), then one sweep per preset (configs2: g = 1.025,
 configs3: g = 1.25): strengths x {adjusted, unadjusted} x seeds on row-by-row Fashion-MNIST
 (48k/12k/10k), the seed's Adam at 1e-4 and batch 128. Writes summary.json and
-seed_claim_binding.png to --out_dir (see isometry/seed_claim_binding.py); running the same
+seed_claim_binding.png to --out_dir (see isometry/studies/seed_claim_binding.py); running the same
 command again continues an interrupted study.
 
   python scripts/seed_claim_binding.py                          # the committed run

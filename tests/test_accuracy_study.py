@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from isometry import meanfield
+from isometry.theory import meanfield
 from isometry.engine import train
 from isometry.studies import accuracy as acc
 from isometry.studies import harness
@@ -14,7 +14,7 @@ from isometry.studies import harness
 
 @pytest.mark.parametrize("sigma_b", [0.0, 0.05, 0.3])
 def test_critical_sigma_w_gives_chi_one(sigma_b):
-  sw = acc.critical_sigma_w(sigma_b)
+  sw = meanfield.critical_sigma_w("tanh", sigma_b)   # what study C's critical inits use
   # Brent's method solves to 1e-14 in sigma_w; chi is smooth (slope ~2 there), so 1e-6 leaves
   # room for the float64 quadrature of meanfield.chi.
   assert abs(float(meanfield.chi("tanh", sw, sigma_b)) - 1.0) < 1e-6

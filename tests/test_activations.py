@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry.activations import ACTIVATIONS, Activation, get_activation
+from isometry.theory.activations import ACTIVATIONS, Activation, get_activation
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

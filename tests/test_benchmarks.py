@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from benchmarks import common
 from benchmarks import rnn_step
-from isometry import initializers
+from isometry.theory import initializers
 from isometry.engine import models
 from isometry.engine import regularizers
 

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from isometry.engine import constraints as C
-from isometry.initializers import get_initializer
+from isometry.theory.initializers import get_initializer
 
 N = 16
 GAIN = 1.5

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from isometry.results import io
-from isometry import meanfield
+from isometry.theory import meanfield
 from isometry.engine import models
 from isometry.studies import convergence as cs
 

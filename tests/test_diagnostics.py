@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import diagnostics as D
-from isometry import initializers
-from isometry import meanfield
+from isometry.theory import diagnostics as D
+from isometry.theory import initializers
+from isometry.theory import meanfield
 
 SE_FACTOR = 4.0    # an estimate within 4 of its standard errors (two-sided normal: p = 6e-5)
 

@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
 
-from isometry import freeprob as fp
-from isometry import jacobian
-from isometry import meanfield as mf
+from isometry.theory import derivative_law
+from isometry.theory import freeprob as fp
+from isometry.theory import jacobian
+from isometry.theory import meanfield as mf
+from isometry.theory.activations import get_activation
 
 GRID_SIZE = 300
 # Integration grid (see `_integration_grid`): three pieces sharing their end points; Simpson's rule
@@ -420,7 +422,7 @@ def test_march_through_the_atom_keeps_the_branch():
 # --------------------------------------------------------------------------- the solver's parts
 
 def _d_and_slope(activation):
-  """phi'(h)**2 and its derivative in closed form (independent of isometry.activations)."""
+  """phi'(h)**2 and its derivative in closed form (independent of isometry.theory.activations)."""
   if activation == "tanh":
     return (lambda h: np.cosh(h)**-4.0), (lambda h: -4.0 * np.tanh(h) * np.cosh(h)**-4.0)
   return (lambda h: 4 / np.pi * np.exp(-2 * h**2)), (lambda h: -16 / np.pi * h * np.exp(-2 * h**2))
@@ -443,7 +445,7 @@ def _m_d2_by_quad(activation, q, x):
 
 @pytest.mark.parametrize("activation,q", [("tanh", 1.0), ("tanh", 1 / 64), ("erf", 1.0)])
 def test_m_d2_against_quadrature(activation, q):
-  law = fp._d2_law(fp.get_activation(activation), q)
+  law = derivative_law.d2_law(get_activation(activation), q)
   d_max = law.atom
   d, slope = _d_and_slope(activation)
   assert d_max == pytest.approx(d(0.0), rel=1e-15)
@@ -496,13 +498,13 @@ def test_arg_d2_against_quadrature(activation, q):
   O(Im x log) ~ 1e-13 (measured <= 1e-13). 1e-10 of pi covers the panels' fit (~1e-10 of f)."""
   import jax
   import jax.numpy as jnp
-  law = fp._d2_law(fp.get_activation(activation), q)
+  law = derivative_law.d2_law(get_activation(activation), q)
   d_max = law.atom
   d, _ = _d_and_slope(activation)
 
   def arg_d2(x):
     with jax.enable_x64(True):
-      return float(fp._arg_d2(jnp.asarray(x, dtype=jnp.complex128), law))
+      return float(derivative_law.arg_d2(jnp.asarray(x, dtype=jnp.complex128), law))
 
   for re in np.array([-0.2, 0.3, 0.9, 0.999, 1.0 - 1e-6, 1.2]) * d_max:
     for im in np.array([1e-1, 1e-3, 1e-6]) * d_max:
@@ -525,7 +527,7 @@ def jax_m_d2(law):
 
   def m_d2(x):
     with jax.enable_x64(True):
-      value, derivative = fp._m_d2(jnp.asarray(x, dtype=jnp.complex128), law)
+      value, derivative = derivative_law.m_d2(jnp.asarray(x, dtype=jnp.complex128), law)
       return complex(value), complex(derivative)
 
   return m_d2
@@ -585,13 +587,6 @@ def test_deep_off_critical_network_in_units_of_chi_to_the_l():
 
 
 # --------------------------------------------------------------------------- Monte-Carlo
-
-def _mc_grid(lambda_max, samples):
-  """From half the smallest sample (no lower than 1e-10 lambda_max: below, float64 singular values
-  of a product of L matrices are rounding noise) to just above the edge, GRID_SIZE points."""
-  bottom = max(1e-10 * lambda_max, 0.5 * float(np.min(samples)))
-  return np.geomspace(bottom, 1.02 * lambda_max, GRID_SIZE)
-
 
 # KS distance between theory and the pooled squared singular values of 2 networks of width 500.
 # Finite-N effects: the realized per-layer chi_l and layer variances q_l fluctuate by O(N**-1/2)

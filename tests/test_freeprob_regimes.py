@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from scipy import special
 
-from isometry import freeprob as fp
-from isometry import jacobian
-from isometry import meanfield as mf
+from isometry.theory import freeprob as fp
+from isometry.theory import jacobian
+from isometry.theory import meanfield as mf
 
 GRID = 500          # the mass budget holds within 1e-3 from ~500 points (5.1e-4 measured, 1.3e-4 at
                     # 1000) on the full grid; the inverse square-root edge of one orthogonal

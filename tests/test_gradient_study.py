@@ -17,7 +17,7 @@ from scipy import special
 
 from isometry import data
 from isometry.results import io
-from isometry import meanfield
+from isometry.theory import meanfield
 from isometry.studies import gradients as gs
 from isometry.studies import gradients_rnn
 from isometry.studies import harness
@@ -31,16 +31,6 @@ def _norms(key, act, weights, sigma_w, sigma_b=0.0, q0=None, depth=6, width=16, 
   out = gs.layer_gradient_norms(key, (act,), (weights,), sigma_w[None], np.array([sigma_b]),
                                 q0[None], depth, width, batch, num)
   return out[0, 0]  # (num, S, L, B)
-
-
-def test_critical_sigma_w():
-  assert gs.critical_sigma_w("linear", 0.3) == 1.0
-  assert gs.critical_sigma_w("relu", 0.0) == pytest.approx(np.sqrt(2), rel=1e-15)
-  sw = gs.critical_sigma_w("tanh", 0.05)
-  assert float(meanfield.chi("tanh", sw, 0.05)) == pytest.approx(1.0, abs=1e-12)
-  # The same point found the other way round: the critical line parametrised by q*.
-  sw_q, sb_q = meanfield.critical_point("tanh", 1.0)
-  assert gs.critical_sigma_w("tanh", float(sb_q)) == pytest.approx(float(sw_q), rel=1e-9)
 
 
 def test_norms_match_explicit_backward_recursion(key):
@@ -124,9 +114,9 @@ def test_relu_and_tanh_slopes_follow_log_chi(key):
   slopes = gs.summarize_norms(_norms(key, "relu", "orthogonal", sigma_w, depth=12, width=256,
                                      batch=8, num=4))["slope"].mean(axis=0)
   np.testing.assert_allclose(slopes, np.log(sigma_w**2 / 2), atol=0.04)
-  sw_c = gs.critical_sigma_w("tanh", 0.05)
+  sw_c = meanfield.critical_sigma_w("tanh", 0.05)
   sigma_w = sw_c * np.array([0.8, 1.0, 1.3])
-  q0 = np.array([gs.input_variance("tanh", s, 0.05) for s in sigma_w])
+  q0 = np.array([float(meanfield.input_variance("tanh", s, 0.05)) for s in sigma_w])
   slopes = gs.summarize_norms(_norms(key, "tanh", "orthogonal", sigma_w, 0.05, q0, depth=12,
                                      width=256, batch=8, num=4))["slope"].mean(axis=0)
   log_chi = np.log([float(meanfield.chi("tanh", s, 0.05)) for s in sigma_w])

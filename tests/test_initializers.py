@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry.initializers import NAMES, get_initializer
+from isometry.theory.initializers import NAMES, get_initializer
 
 
 @pytest.mark.parametrize("gain", [0.5, 1.0, 1.3])

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import jacobian as jac
-from isometry import meanfield as mf
-from isometry.activations import get_activation
+from isometry.theory import jacobian as jac
+from isometry.theory import meanfield as mf
+from isometry.theory.activations import get_activation
 
 
 def _explicit_network(activation, network):

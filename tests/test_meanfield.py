@@ -3,10 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate, optimize, special, stats
+from scipy import integrate, stats
 
-from isometry import meanfield as mf
-from isometry.activations import ACTIVATIONS, Activation
+from isometry.theory import correlations
+from isometry.theory import gaussian
+from isometry.theory import meanfield as mf
+from isometry.theory.activations import ACTIVATIONS, Activation
 
 BOUNDED = ("tanh", "erf", "hard_tanh")
 
@@ -138,8 +140,9 @@ def test_tanh_quadrature_against_scipy(q):
 
 def test_gaussian_expectation_closed_form():
   for q in (0.0, 0.5, 3.0):     # E[cos(sqrt(q) z)] = exp(-q / 2); E[h^4] = 3 q^2
-    np.testing.assert_allclose(mf.gaussian_expectation(jnp.cos, q), np.exp(-q / 2), atol=1e-14)
-    np.testing.assert_allclose(mf.gaussian_expectation(lambda h: h**4, q), 3 * q**2,
+    np.testing.assert_allclose(
+        gaussian.gaussian_expectation(jnp.cos, q), np.exp(-q / 2), atol=1e-14)
+    np.testing.assert_allclose(gaussian.gaussian_expectation(lambda h: h**4, q), 3 * q**2,
                                rtol=1e-13, atol=1e-15)
 
 
@@ -153,10 +156,10 @@ def test_erf_closed_forms_against_quadrature(q):
   np.testing.assert_allclose(mf.q_map("erf", q, 1.3, 0.2), mf.q_map(quadrature, q, 1.3, 0.2),
                              atol=1e-13)
   for c in (0.0, 0.6, 0.95):
-    np.testing.assert_allclose(mf.correlation_map("erf", c, q, 1.3, 0.2),
-                               mf.correlation_map(quadrature, c, q, 1.3, 0.2), atol=1e-12)
-  np.testing.assert_allclose(mf.depth_scales("erf", 1.3, 0.2),
-                             mf.depth_scales(quadrature, 1.3, 0.2), rtol=1e-8)
+    np.testing.assert_allclose(correlations.correlation_map("erf", c, q, 1.3, 0.2),
+                               correlations.correlation_map(quadrature, c, q, 1.3, 0.2), atol=1e-12)
+  np.testing.assert_allclose(correlations.depth_scales("erf", 1.3, 0.2),
+                             correlations.depth_scales(quadrature, 1.3, 0.2), rtol=1e-8)
 
 
 def _nested_quad_kernel(f, q, c):
@@ -195,7 +198,7 @@ def test_tanh_kernels_against_nested_quadrature(q, c):
   reaches ~1e-14 here. K(0) = E[tanh]^2 = 0 for this odd phi, hence the absolute floor.
   """
   sech2 = lambda h: 1.0 / np.cosh(h)**2
-  c_next, chi_c = mf.correlation_map("tanh", c, q, 1.0, 0.0)
+  c_next, chi_c = correlations.correlation_map("tanh", c, q, 1.0, 0.0)
   np.testing.assert_allclose(c_next * q, _nested_quad_kernel(np.tanh, q, c), rtol=1e-9,
                              atol=1e-13)
   np.testing.assert_allclose(chi_c, _nested_quad_kernel(sech2, q, c), rtol=1e-9, atol=1e-13)
@@ -206,11 +209,12 @@ def test_c_star_and_xi_c_where_the_kernels_were_coarse():
   # Check c* as a fixed point of the c-map built on nested quadrature, and xi_c from its slope.
   sw, sb = 3.0, 1.0
   q = float(mf.q_star("tanh", sw, sb))
-  c = float(mf.c_star("tanh", sw, sb))
+  c = float(correlations.c_star("tanh", sw, sb))
   k = _nested_quad_kernel(np.tanh, q, c)
   np.testing.assert_allclose((sw**2 * k + sb**2) / q, c, rtol=0, atol=1e-11)
   chi_c = sw**2 * _nested_quad_kernel(lambda h: 1.0 / np.cosh(h)**2, q, c)
-  np.testing.assert_allclose(mf.depth_scales("tanh", sw, sb)[1], -1 / np.log(chi_c), rtol=1e-9)
+  np.testing.assert_allclose(
+      correlations.depth_scales("tanh", sw, sb)[1], -1 / np.log(chi_c), rtol=1e-9)
 
 
 @pytest.mark.parametrize("activation,sigma_w", [
@@ -222,8 +226,8 @@ def test_exactly_critical_at_zero_bias(activation, sigma_w):
   # 1.4e7, c* = 1 - 2.5e-7, on the versions of numpy/jax of a fresh machine.)
   assert mf.q_star(activation, sigma_w, 0.0) == 0.0
   assert abs(mf.chi(activation, sigma_w, 0.0) - 1.0) <= 4e-16
-  assert mf.c_star(activation, sigma_w, 0.0) == 1.0
-  assert mf.depth_scales(activation, sigma_w, 0.0) == (np.inf, np.inf)
+  assert correlations.c_star(activation, sigma_w, 0.0) == 1.0
+  assert correlations.depth_scales(activation, sigma_w, 0.0) == (np.inf, np.inf)
   # Below: ordered, q* = 0, chi = sigma_w**2 phi'(0)**2 in closed form.
   np.testing.assert_allclose(mf.chi(activation, 0.9 * sigma_w, 0.0), 0.81, rtol=1e-15)
   assert mf.q_star(activation, 0.9 * sigma_w, 0.0) == 0.0
@@ -236,12 +240,12 @@ def test_chi_within_rounding_of_one_is_critical(ulps):
   sw, sb = (float(v) for v in mf.critical_point("tanh", 0.5))
   sw = sw + ulps * np.spacing(sw)
   assert abs(mf.chi("tanh", sw, sb) - 1.0) <= mf.CHI_TOLERANCE
-  assert mf.c_star("tanh", sw, sb) == 1.0
-  assert mf.depth_scales("tanh", sw, sb)[1] == np.inf
+  assert correlations.c_star("tanh", sw, sb) == 1.0
+  assert correlations.depth_scales("tanh", sw, sb)[1] == np.inf
   # Just outside the tolerance the phases are back, with xi_c ~ 1 / |chi - 1|.
   for factor, phase in ((1 + 1e-6, "chaotic"), (1 - 1e-6, "ordered")):
     excess = mf.chi("tanh", factor * sw, sb) - 1.0
-    xi_c = mf.depth_scales("tanh", factor * sw, sb)[1]
+    xi_c = correlations.depth_scales("tanh", factor * sw, sb)[1]
     assert (excess > 0) == (phase == "chaotic")
     assert 0.5 / abs(excess) < xi_c < 2 / abs(excess), (phase, excess, xi_c)
 
@@ -290,7 +294,7 @@ def test_hard_tanh_kernels_against_scipy(q, c):
     return np.clip(np.sqrt(q) * z1, -1, 1) * value * stats.norm.pdf(z1)
 
   kernel = integrate.quad(inner, -10, 10, points=[-a, a], epsabs=1e-13, limit=200)[0]
-  c_next, chi_c = mf.correlation_map("hard_tanh", c, q, 1.0, 0.0)
+  c_next, chi_c = correlations.correlation_map("hard_tanh", c, q, 1.0, 0.0)
   np.testing.assert_allclose(c_next * q, kernel, atol=1e-11)
   np.testing.assert_allclose(chi_c, both_inside, atol=1e-10)
 
@@ -303,7 +307,7 @@ def test_xi_q_is_slope_of_q_map(activation):
   q = mf.q_star(activation, sigma_w, sigma_b)
   with jax.enable_x64(True):
     slope = jax.grad(lambda x: mf.q_map(activation, x, sigma_w, sigma_b))(q)
-  xi_q, _ = mf.depth_scales(activation, sigma_w, sigma_b)
+  xi_q, _ = correlations.depth_scales(activation, sigma_w, sigma_b)
   np.testing.assert_allclose(xi_q, -1 / np.log(slope), rtol=1e-10)
 
 
@@ -311,24 +315,24 @@ def test_xi_q_is_slope_of_q_map(activation):
 def test_correlation_fixed_point_and_xi_c(activation):
   # Ordered phase: c* = 1, xi_c = -1 / log(chi).
   sw, sb = 0.9, 0.3
-  assert mf.c_star(activation, sw, sb) == 1.0
-  np.testing.assert_allclose(mf.depth_scales(activation, sw, sb)[1],
+  assert correlations.c_star(activation, sw, sb) == 1.0
+  np.testing.assert_allclose(correlations.depth_scales(activation, sw, sb)[1],
                              -1 / np.log(mf.chi(activation, sw, sb)), rtol=1e-12)
   # Chaotic phase: c* < 1 is a fixed point of the c-map with slope chi_c < 1.
   sw, sb = 2.0, 0.3
   q = mf.q_star(activation, sw, sb)
-  c = mf.c_star(activation, sw, sb)
-  c_next, chi_c = mf.correlation_map(activation, c, q, sw, sb)
+  c = correlations.c_star(activation, sw, sb)
+  c_next, chi_c = correlations.correlation_map(activation, c, q, sw, sb)
   assert 0 < c < 1
   np.testing.assert_allclose(c_next, c, atol=1e-11)
-  np.testing.assert_allclose(mf.depth_scales(activation, sw, sb)[1], -1 / np.log(chi_c),
+  np.testing.assert_allclose(correlations.depth_scales(activation, sw, sb)[1], -1 / np.log(chi_c),
                              rtol=1e-9)
   assert chi_c < 1 < mf.chi(activation, sw, sb)
   # xi_c diverges on the critical line and is moderate either side of it.
   sw, sb = mf.critical_point(activation, 0.5)
-  assert mf.depth_scales(activation, sw, sb)[1] > 1e6
+  assert correlations.depth_scales(activation, sw, sb)[1] > 1e6
   for factor in (0.9, 1.1):
-    assert 1 < mf.depth_scales(activation, factor * sw, sb)[1] < 100
+    assert 1 < correlations.depth_scales(activation, factor * sw, sb)[1] < 100
 
 
 @pytest.mark.parametrize("q", [0.5, 1.0])
@@ -346,12 +350,13 @@ def test_hard_tanh_xi_c_near_the_critical_line(q):
   sw *= 1.0001
   excess = mf.chi("hard_tanh", sw, sb) - 1
   assert 5e-5 < excess < 5e-4
-  np.testing.assert_allclose(mf.depth_scales("hard_tanh", sw, sb)[1], 2 / excess, rtol=1e-2)
-  assert 1 - 1e-4 < mf.c_star("hard_tanh", sw, sb) < 1 - 1e-10
+  np.testing.assert_allclose(
+      correlations.depth_scales("hard_tanh", sw, sb)[1], 2 / excess, rtol=1e-2)
+  assert 1 - 1e-4 < correlations.c_star("hard_tanh", sw, sb) < 1 - 1e-10
 
 
 def test_odd_phi_without_bias_decorrelates_completely():
-  np.testing.assert_allclose(mf.c_star("tanh", 2.0, 0.0), 0.0, atol=1e-15)
+  np.testing.assert_allclose(correlations.c_star("tanh", 2.0, 0.0), 0.0, atol=1e-15)
 
 
 def test_bad_inputs_raise():
@@ -370,12 +375,12 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="q_star must"):
     mf.critical_point("tanh", 0.0)
   with pytest.raises(ValueError, match="c must"):
-    mf.correlation_map("tanh", 1.5, 1.0, 1.0, 0.0)
+    correlations.correlation_map("tanh", 1.5, 1.0, 1.0, 0.0)
   with pytest.raises(ValueError, match="0/1 derivative"):
     relu = ACTIVATIONS["relu"]
     mf.chi(Activation("my_relu", relu.fn, relu.derivative, True), 1.0, 0.1)
   with pytest.raises(ValueError, match="sigma_b2"):
-    mf.phase_diagram("tanh", np.array([1.0]), np.array([-0.1]))
+    correlations.phase_diagram("tanh", np.array([1.0]), np.array([-0.1]))
 
 
 def test_jit_vmap_and_grad_over_scales():
@@ -395,7 +400,7 @@ def test_jit_vmap_and_grad_over_scales():
 def test_phase_diagram_tanh():
   sw2 = np.linspace(0.5, 4.0, 15)
   sb2 = np.linspace(0.0, 0.5, 6)
-  pd = mf.phase_diagram("tanh", sw2, sb2)
+  pd = correlations.phase_diagram("tanh", sw2, sb2)
   assert pd.chi.shape == (15, 6) and pd.chi.dtype == np.float64
   # sigma_w2 = 1, sigma_b2 = 0 is exactly critical (q* = 0, chi = 1): xi_c and xi_q are inf there,
   # finite everywhere else.
@@ -416,13 +421,14 @@ def test_phase_diagram_tanh():
   # The grid's points agree with the pointwise functions (batched evaluation, same numbers).
   for i, j in ((10, 3), (14, 0), (6, 5)):
     sw, sb = np.sqrt(sw2[i]), np.sqrt(sb2[j])
-    np.testing.assert_allclose(pd.c_star[i, j], mf.c_star("tanh", sw, sb), rtol=1e-12)
-    np.testing.assert_allclose([pd.xi_q[i, j], pd.xi_c[i, j]], mf.depth_scales("tanh", sw, sb),
+    np.testing.assert_allclose(pd.c_star[i, j], correlations.c_star("tanh", sw, sb), rtol=1e-12)
+    np.testing.assert_allclose([pd.xi_q[i, j], pd.xi_c[i, j]],
+                               correlations.depth_scales("tanh", sw, sb),
                                rtol=1e-10)
 
 
 def test_phase_diagram_relu_marks_missing_fixed_point():
-  pd = mf.phase_diagram("relu", np.array([1.0, 2.5]), np.array([0.1]))
+  pd = correlations.phase_diagram("relu", np.array([1.0, 2.5]), np.array([0.1]))
   np.testing.assert_allclose(pd.chi[:, 0], [0.5, 1.25])
   assert np.isfinite(pd.q_star[0, 0]) and np.isinf(pd.q_star[1, 0])
   assert np.isnan(pd.xi_c[1, 0])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import initializers
+from isometry.theory import initializers
 from isometry.engine import models
 
 B, T, D, H, C = 3, 5, 4, 6, 10

@@ -12,10 +12,10 @@ import numpy as np
 import optax
 import pytest
 
-from isometry import diagnostics
-from isometry import freeprob
-from isometry import initializers
-from isometry import meanfield
+from isometry.theory import diagnostics
+from isometry.theory import freeprob
+from isometry.theory import initializers
+from isometry.theory import meanfield
 from isometry.engine import models
 from isometry.engine import nn as inn
 

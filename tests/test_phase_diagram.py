@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from isometry.results import io
-from isometry import meanfield
-from isometry import phase_diagram
+from isometry.theory import meanfield
+from isometry.studies import phase_diagram
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "phase_diagram.py")

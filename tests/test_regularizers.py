@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from isometry.engine import regularizers as reg
-from isometry.initializers import get_initializer
+from isometry.theory.initializers import get_initializer
 
 # W = [[1, 2], [0, 1]]: W^T W = [[1, 2], [2, 5]], W^T W - I = [[0, 2], [2, 4]],
 # W W^T - I = [[4, 2], [2, 0]], W^T W - ones = [[0, 1], [1, 4]].

@@ -10,7 +10,7 @@ import pytest
 from isometry import data
 from isometry.engine import models
 from isometry.engine import train
-from isometry import rnn_meanfield as rm
+from isometry.theory import rnn_meanfield as rm
 from isometry.studies import rnn_gain as study
 from isometry.studies import rnn_gain_theory as theory
 

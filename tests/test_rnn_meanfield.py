@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isometry import freeprob
-from isometry import jacobian
-from isometry import meanfield
-from isometry import rnn_meanfield as rm
+from isometry.theory import freeprob
+from isometry.theory import jacobian
+from isometry.theory import meanfield
+from isometry.theory import rnn_meanfield as rm
 
 
 # ------------------------------------------------------------------ reduction to feed-forward

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from isometry import initializers
+from isometry.theory import initializers
 from isometry.engine import models
 from isometry.engine import nn as inn
 from isometry.engine import selection

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from isometry import jacobian
+from isometry.theory import jacobian
 from isometry.studies import spectra
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

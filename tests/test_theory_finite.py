@@ -21,8 +21,9 @@ the panel counts of tanh and erf, which fall into two or three buckets, plus the
 import numpy as np
 import pytest
 
-from isometry import freeprob as fp
-from isometry import meanfield as mf
+from isometry.theory import freeprob as fp
+from isometry.theory import correlations
+from isometry.theory import meanfield as mf
 
 SIGMA_W = (0.5, 1.0, 1.5, 3.0)
 SIGMA_B = (0.0, 0.3, 1.0)
@@ -66,10 +67,10 @@ def test_mean_field_finite_or_value_error(activation):
     chi = _call(failures, label + " chi", lambda: mf.chi(activation, sw, sb))
     if chi is not None:
       _finite(failures, label + " chi", chi)
-    c = _call(failures, label + " c_star", lambda: mf.c_star(activation, sw, sb))
+    c = _call(failures, label + " c_star", lambda: correlations.c_star(activation, sw, sb))
     if c is not None and _finite(failures, label + " c_star", c):
       assert -1 - 1e-12 <= c <= 1 + 1e-12, (label, c)
-    scales = _call(failures, label + " depth_scales", lambda: mf.depth_scales(activation, sw, sb))
+    scales = _call(failures, label + " depth_scales", lambda: correlations.depth_scales(activation, sw, sb))
     if scales is not None:
       xi_q, xi_c = (float(v) for v in scales)
       # +inf is documented where the slope is 1 to chi's rounding (the linear q-map at

@@ -27,8 +27,8 @@ import pytest
 
 from isometry.engine import constraints
 from isometry import data
-from isometry import diagnostics
-from isometry import initializers
+from isometry.theory import diagnostics
+from isometry.theory import initializers
 from isometry.results import io
 from isometry.engine import models
 from isometry.engine import presets
@@ -90,8 +90,9 @@ def _numbers(member):
   """The numeric content of a member's metrics (None for missing / non-finite values)."""
   rows = [member["initial"]] + member["epochs"]
   keys = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-  values = [[r[k] for k in keys if k in r] + [r["singular_values"][s] for s in ("mean", "min", "max")]
-            + r["grad_norm_through_time"] for r in rows]
+  values = [[r[k] for k in keys if k in r] +
+            [r["singular_values"][s] for s in ("mean", "min", "max")] +
+            r["grad_norm_through_time"] for r in rows]
   values.append([member["test_loss"], member["test_accuracy"]])
   return [np.nan if v is None else v for row in values for v in row]
 
@@ -406,7 +407,8 @@ def test_stalled_run_warns_and_keeps_its_results(reference, dataset, tmp_path, m
       time.sleep(2.5)
     return False
 
-  metrics = train.run(_config(), str(tmp_path), dataset=dataset, plots=False, callback=stall).metrics
+  metrics = train.run(
+      _config(), str(tmp_path), dataset=dataset, plots=False, callback=stall).metrics
   assert not _watchdog_threads()
   assert any("no progress for" in r.getMessage() and "waiting on epoch 1" in r.getMessage()
              for r in caplog.records), caplog.text

@@ -124,7 +124,7 @@ def write_idx(path: str, array: np.ndarray) -> None:
 
 
 def _find_idx_files(data_dir: str) -> Optional[dict]:
-  """Paths of the four IDX files in data_dir (plain preferred over .gz), or None if any is missing."""
+  """Paths of the four IDX files in data_dir (plain preferred over .gz); None if one is missing."""
   found = {}
   for key, stem in IDX_FILES.items():
     for candidate in (stem, stem + ".gz"):

@@ -52,7 +52,8 @@ def _check_gain(gain) -> None:
 
 def _check_matrix(x: jax.Array) -> None:
   if x.ndim != 2:
-    raise ValueError(f"orthogonality constraints act on matrices (n_in, n_out), got shape {x.shape}")
+    raise ValueError(
+        f"orthogonality constraints act on matrices (n_in, n_out), got shape {x.shape}")
 
 
 def _polar_unitary(x: jax.Array) -> jax.Array:
@@ -358,7 +359,7 @@ def riemannian_adam(learning_rate: ScalarOrSchedule = 1e-3, gain=1.0, b1: float 
 
   Use it in place of the optimizer for the constrained matrices (it consumes raw gradients):
     tx = optax.multi_transform({"stiefel": riemannian_adam(1e-3, g), "free": optax.adam(1e-3)},
-                               labels)   # e.g. isometry.selection.labels(...)
+                               labels)   # e.g. isometry.engine.selection.labels(...)
   Every such leaf must start on gain * St(n, p) (e.g. the orthogonal initializer with `gain`).
 
   Args:

@@ -14,7 +14,7 @@ depth) and `jit` the whole program once.
     [i, f, g, o] = x_t U + h_{t-1} W + b, c_t = sigma(f) c_{t-1} + sigma(i) tanh(g),
     h_t = sigma(o) tanh(c_t); the forget bias starts at 1 (Jozefowicz et al. 2015).
 
-Kernels are (fan_in, fan_out) and models compute x @ W, as in `isometry.initializers`.
+Kernels are (fan_in, fan_out) and models compute x @ W, as in `isometry.theory.initializers`.
 """
 import functools
 from typing import Callable, Optional, Sequence
@@ -22,8 +22,8 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from isometry import activations
-from isometry import initializers
+from isometry.theory import activations
+from isometry.theory import initializers
 
 Initializer = initializers.Initializer
 Params = dict
@@ -35,7 +35,7 @@ def mixed_initializer(names: Sequence[str], index: jax.Array, gain: jax.Array) -
   Lets members of one vmapped sweep use different initializers (orthogonal vs. Glorot): every
   candidate is drawn from the same key and the one at `index` is selected, so member i gets
   exactly what `get_initializer(names[index], gain)` would give with that key. All initializers in
-  `isometry.initializers` are linear in their gain, which is what lets `gain` be a tracer here.
+  `isometry.theory.initializers` are linear in their gain, which is what lets `gain` be a tracer here.
 
   Args:
     names: static tuple of initializer names.
@@ -114,7 +114,7 @@ def mlp_apply(params: Params, x: jax.Array, depth: int | jax.Array, activation: 
     params: from `init_mlp`.
     x: (B, D) inputs.
     depth: int scalar in [1, max_depth] (may be traced).
-    activation: name for `isometry.activations.get_activation`.
+    activation: name for `isometry.theory.activations.get_activation`.
     perturbation: optional (L, B, N) added to each hidden layer's output h_l; pass zeros and take
       the gradient w.r.t. it to read dL/dh_l.
 

@@ -1,8 +1,8 @@
 """flax.linen faces of the library: a vanilla tanh cell, a mean-field MLP, a delta-orthogonal conv.
 
-Thin modules over the library's pure functions (`isometry.models`, `isometry.initializers`,
-`isometry.meanfield`), so that a flax model gets the engine's initializations and the fast
-recurrence, and `isometry.diagnostics` reads its Jacobian spectrum through `apply`:
+Thin modules over the library's pure functions (`isometry.engine.models`, `isometry.theory.initializers`,
+`isometry.theory.meanfield`), so that a flax model gets the engine's initializations and the fast
+recurrence, and `isometry.theory.diagnostics` reads its Jacobian spectrum through `apply`:
 
   - `RNNCell`: h_t = tanh(x_t U + b + h_{t-1} W), the step of `models.rnn_apply`, with W = gain x
     Haar orthogonal at init. A `flax.linen.RNNCellBase`, so `flax.linen.RNN(RNNCell(H))` scans it.
@@ -12,7 +12,7 @@ recurrence, and `isometry.diagnostics` reads its Jacobian spectrum through `appl
     by `critical_mlp`; `MeanFieldMLP.theory()` is the record `diagnostics.summary` compares with.
   - `delta_orthogonal_conv`: a `flax.linen.Conv` initialized delta-orthogonal (Xiao et al. 2018).
 
-Every initializer of `isometry.initializers` has flax's `kernel_init` signature
+Every initializer of `isometry.theory.initializers` has flax's `kernel_init` signature
 f(key, shape, dtype), so `nn.Dense(features, kernel_init=get_initializer("orthogonal", g))`
 works as it is; kernels are (fan_in, fan_out) and flax computes x @ kernel, as the models do.
 """
@@ -22,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isometry import activations
-from isometry import diagnostics
-from isometry import initializers
-from isometry import meanfield
+from isometry.theory import activations
+from isometry.theory import diagnostics
+from isometry.theory import initializers
+from isometry.theory import meanfield
 from isometry.engine import models
 
 Initializer = initializers.Initializer
@@ -39,7 +39,7 @@ class RNNCell(nn.RNNCellBase):
   The same step as `models.rnn_apply` (and as `flax.linen.SimpleCell` with these initializers);
   its params are {"input": {"kernel": U (D, H), "bias": b (H,)}, "recurrent": {"kernel": W}},
   so a path selector such as "*/recurrent/kernel" finds the constrained matrix
-  (`isometry.selection`), and `engine_params` maps them to the engine's dict.
+  (`isometry.engine.selection`), and `engine_params` maps them to the engine's dict.
 
   Attributes:
     features: H.

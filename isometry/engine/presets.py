@@ -11,7 +11,7 @@ reg * ||W W^T / g^2 - I||_F^2 instead; the notebook subtracts 1 from every entry
 matrix, not the identity. The presets reproduce the notebook, so they name the regularizer
 "notebook_so"; pass another name (e.g. "so", eq. 11) to run the same sweep with that penalty.
 
-Each preset is a tuple of `PresetConfig`s; `isometry.train` turns them into sweep members
+Each preset is a tuple of `PresetConfig`s; `isometry.engine.train` turns them into sweep members
 (one per config and seed) that share one compiled program.
 """
 import dataclasses
@@ -30,7 +30,7 @@ class PresetConfig:
 
   Attributes:
     label: the notebook's name for it.
-    init: initializer name (isometry.initializers) of the recurrent kernel.
+    init: initializer name (isometry.theory.initializers) of the recurrent kernel.
     gain: init gain g.
     reg_strength: penalty strength (0: no penalty).
     gain_adjusted: penalty on W^T W / g^2 (True) or on W^T W (False, the "unadjusted" runs).

@@ -152,7 +152,8 @@ def srip(w: jax.Array, gain=1.0, num_iterations: int = 2,
   from `key`, and when key is None from the fixed key jax.random.key(0), so the penalty is a
   deterministic function of w (a generic start vector avoids the ones vector's failure when it
   is orthogonal to the top eigenvector). The estimate is a lower bound on the spectral norm and
-  tight once converged; gradients flow through the iterations (no stop_gradient). At exactly orthogonal w (M = 0) the value is 0 and the gradient 0.
+  tight once converged; gradients flow through the iterations (no stop_gradient). At exactly
+  orthogonal w (M = 0) the value is 0 and the gradient 0.
 
   Args:
     w: (n_in, n_out) weight matrix.

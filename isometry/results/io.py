@@ -70,7 +70,8 @@ def _to_builtin(value: Any) -> Any:
 
 
 # A list of numbers only (no nested list or object), as json.dump(indent=...) lays it out.
-_NUMBER_LIST = re.compile(r"\[\s*(-?[\d.eE+-]+|NaN|-?Infinity)(\s*,\s*(-?[\d.eE+-]+|NaN|-?Infinity))*\s*\]")
+_NUMBER_LIST = re.compile(
+    r"\[\s*(-?[\d.eE+-]+|NaN|-?Infinity)(\s*,\s*(-?[\d.eE+-]+|NaN|-?Infinity))*\s*\]")
 
 
 def write_json(path: str, data: Any) -> None:

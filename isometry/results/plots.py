@@ -1,7 +1,7 @@
 """Figures: the theory results' own, and the helpers every figure of the package shares.
 
 Each figure function takes the JSON a run wrote and returns a Figure; nothing here calls
-`plt.show()` (callers save with `isometry.io.save_figure`). matplotlib takes a second to import,
+`plt.show()` (callers save with `isometry.results.io.save_figure`). matplotlib takes a second to import,
 so it is imported on first use, by `pyplot`, the one place that imports it for a figure.
 """
 import numpy as np

@@ -1,4 +1,4 @@
-"""Figures of a training run, read from its metrics.json (written by `isometry.train.run`).
+"""Figures of a training run, read from its metrics.json (written by `isometry.engine.train.run`).
 
   singular_values.png  per configuration, the tracked weight's singular values over epochs:
                        mean +- std (band) and min / max (lines), averaged over seeds (min and

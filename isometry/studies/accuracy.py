@@ -1,7 +1,7 @@
 """Study C: test accuracy of deep MLPs with vs without dynamical isometry.
 
-Deep fully connected classifiers (`isometry.models.mlp_apply`: depth = hidden layers of `width`
-units, a Glorot read-out) trained by `isometry.train` on flattened images, four initializations:
+Deep fully connected classifiers (`isometry.engine.models.mlp_apply`: depth = hidden layers of `width`
+units, a Glorot read-out) trained by `isometry.engine.train` on flattened images, four initializations:
 
   orthogonal_critical      tanh, Haar-orthogonal hidden kernels with gain sigma_w = sigma_w_c,
                            biases N(0, sigma_b^2), where chi(sigma_w_c, sigma_b) = 1. The
@@ -20,12 +20,12 @@ The paper's claim: at depth, orthogonal-critical trains fastest and ReLU / Gauss
 (Pennington, Schoenholz & Ganguli, "Resurrecting the sigmoid in deep learning through dynamical
 isometry: theory and practice", NIPS 2017, figures 5 and 6).
 
-Every (activation, depth) is one `isometry.train` sweep (inits of that activation x seeds in one
+Every (activation, depth) is one `isometry.engine.train` sweep (inits of that activation x seeds in one
 vmapped program) in its own folder out_dir/<activation>_depth<depth>/, run by
 `harness.run_sweeps`, so an interrupted study loses no finished epoch. Depths are separate
 programs rather than one depth-masked stack: a masked stack spends the deepest network's compute
-on every member, which for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members of a seed share their
-batch order; within one sweep, inits of a seed also share their PRNG key.
+on every member, which for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members
+of a seed share their batch order; within one sweep, inits of a seed also share their PRNG key.
 
 `run(config, out_dir)` writes study.json, C1_accuracy_vs_depth.png and C2_learning_curves.png.
 """
@@ -38,11 +38,10 @@ from absl import logging
 import numpy as np
 
 from isometry import data
-from isometry import meanfield
+from isometry.theory import meanfield
 from isometry.results import plots
 from isometry.results import stats
 from isometry.engine import train
-from isometry.studies import gradients
 from isometry.studies import harness
 
 INITS = ("orthogonal_critical", "gaussian_critical", "orthogonal_off_critical", "relu_he")
@@ -109,13 +108,6 @@ class StudyConfig(harness.DataConfig):
     return cls(**settings)
 
 
-def critical_sigma_w(sigma_b: float) -> float:
-  """The tanh sigma_w with chi(sigma_w, sigma_b) = 1 (Schoenholz et al. 2016, the order-to-chaos
-  line). Study A's solver until `meanfield.critical_sigma_w` lands: then this is
-  `meanfield.critical_sigma_w("tanh", sigma_b)` and C imports no other study."""
-  return gradients.critical_sigma_w("tanh", sigma_b)
-
-
 def init_specs(config: StudyConfig) -> list:
   """The four initializations with their mean-field numbers.
 
@@ -123,7 +115,7 @@ def init_specs(config: StudyConfig) -> list:
     [{"name", "activation", "init", "sigma_w", "sigma_b", "chi", "q_star"}] in INITS order;
     q_star is None for relu (no bias: every q is a fixed point).
   """
-  sw_c = critical_sigma_w(config.sigma_b)
+  sw_c = meanfield.critical_sigma_w("tanh", config.sigma_b)
   tanh = [("orthogonal_critical", "orthogonal", sw_c),
           ("gaussian_critical", "gaussian", sw_c),
           ("orthogonal_off_critical", "orthogonal", config.off_critical_sigma_w)]

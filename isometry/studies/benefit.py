@@ -4,11 +4,11 @@ The benefit of the soft-orthogonality penalty is a paired difference: accuracy o
 trained with the penalty minus that of the same network (same seed: same init, same batch
 order) trained without it. It is measured along two axes:
 
-  1. MLP depth. tanh MLPs (`isometry.models`, `depth` hidden layers of `width` units) with
+  1. MLP depth. tanh MLPs (`isometry.engine.models`, `depth` hidden layers of `width` units) with
      orthogonal hidden and input kernels at gain `mlp_gain`, trained with Adam on flattened
      images; the penalty reg * sum_l ||W_l^T W_l / g^2 - I||_F^2 acts on the active hidden
      kernels (depth - 1 square matrices). All depths x {0, reg} x seeds are members of one
-     `isometry.train` program (a depth-masked stack of max(depths) layers).
+     `isometry.engine.train` program (a depth-masked stack of max(depths) layers).
   2. Sequence length. A vanilla tanh RNN with an orthogonal recurrent kernel at gain
      `rnn_gain`, penalty reg * ||W^T W / g^2 - I||_F^2 on the recurrent kernel, on the same
      images read row by row (28 steps of 28 inputs) or pixel by pixel (784 steps of 1). One
@@ -17,14 +17,14 @@ order) trained without it. It is measured along two axes:
 
 Per depth / task and metric (test accuracy after the last epoch, best validation accuracy over
 epochs) the study reports the per-seed accuracies with and without the penalty, their paired
-differences and the mean difference with its 95% Student-t interval (`isometry.stats.mean_ci`),
+differences and the mean difference with its 95% Student-t interval (`isometry.results.stats.mean_ci`),
 plus how far the penalized matrices ended from orthogonal (max |s_i / g - 1| over their singular
 values), which shows whether the penalty did anything at all.
 
 Penalty on W^T W / g^2 (gain-adjusted), so at an orthogonal init of gain g it starts at 0 and
 only acts against the drift that training causes (Hlav 2019, eq. 11; Bansal et al. 2018's SO).
 
-`run(config, out_dir)` trains out_dir/mlp/ and out_dir/rnn_<task>/ (each an `isometry.train`
+`run(config, out_dir)` trains out_dir/mlp/ and out_dir/rnn_<task>/ (each an `isometry.engine.train`
 run folder, by `harness.run_sweeps`: running again continues an interrupted study), then writes
 study.json, benefit_vs_depth.png, benefit_row_vs_pixel.png and learning_curves.png.
 
@@ -65,7 +65,7 @@ class StudyConfig(harness.DataConfig):
     depths: MLP depths (hidden layers, >= 2 so there is a hidden kernel to penalize); empty
       skips the MLP arm.
     tasks: RNN tasks among row, pixel; empty skips the RNN arm.
-    regularizer: penalty name (`isometry.regularizers`), "so" by default.
+    regularizer: penalty name (`isometry.engine.regularizers`), "so" by default.
     reg_strength: penalty strength of the penalized arm (the other has 0).
     seeds: seeds 0..seeds-1 (>= 2 for an interval); seed s gives the same init and batch
       order with and without the penalty.

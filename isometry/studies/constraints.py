@@ -3,7 +3,7 @@
 Vorontsov et al. 2017 train RNNs whose recurrent kernel W is held in a band of singular values
 [g (1 - m), g (1 + m)] and find that the hard constraint (m = 0, W = g times an orthogonal
 matrix) learns slower and ends worse than a loose band or a soft penalty on several tasks: some
-departure from orthogonality helps. We test that on a vanilla tanh RNN (`isometry.models`) on
+departure from orthogonality helps. We test that on a vanilla tanh RNN (`isometry.engine.models`) on
 row-by-row images (T = 28, Fashion-MNIST by default), orthogonal init at gain g, Adam, with the
 recurrent kernel trained under one of these arms:
 
@@ -16,7 +16,7 @@ recurrent kernel trained under one of these arms:
   margin<m>     Adam step, then the singular values clipped into [g (1 - m), g (1 + m)]
                 (`constraints.spectral_margin`; margin0 is projection computed by an SVD).
 
-Each arm is one `isometry.train` sweep (its seeds are vmapped members of one compiled program)
+Each arm is one `isometry.engine.train` sweep (its seeds are vmapped members of one compiled program)
 in out_dir/<arm>/, run by `harness.run_sweeps` (running again continues an interrupted study).
 Per arm the study reports, over seeds, the best validation accuracy over epochs and the test
 accuracy after the last epoch, mean +- 95% CI (Student t), the paired difference to "none" (same
@@ -138,7 +138,7 @@ def band(config: StudyConfig, arm: str) -> Tuple[float, float]:
 
 
 def arm_train_config(config: StudyConfig, arm: str) -> train.TrainConfig:
-  """The `isometry.train` sweep of one arm: every seed a member labelled `arm`."""
+  """The `isometry.engine.train` sweep of one arm: every seed a member labelled `arm`."""
   margin = arm_margin(arm)
   if margin is not None:
     constraint, margin_value = "margin", margin

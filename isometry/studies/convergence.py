@@ -22,10 +22,10 @@ at an orthogonal init. With lr = lr0 / D every depth then starts with the step -
 one-layer network, and the paper's prediction is a depth-independent number of steps for
 orthogonal init, growing with depth for scaled Gaussian init, whose partial products are far
 from isometries. Depths share one program: a scanned stack of max(D) - 1 layers where layer l
-is the identity when l >= D - 1 (the depth mask of `isometry.models.mlp_apply`), and the
+is the identity when l >= D - 1 (the depth mask of `isometry.engine.models.mlp_apply`), and the
 depths x inits x seeds members are vmapped in one jit.
 
-Part 2, deep tanh networks at the critical point: `isometry.models.init_mlp` / `mlp_apply`
+Part 2, deep tanh networks at the critical point: `isometry.engine.models.init_mlp` / `mlp_apply`
 (depth = hidden layers, D = depth + 1 weight matrices with the read-out), hidden kernels
 orthogonal or Gaussian with gain sigma_w and biases N(0, sigma_b^2), (sigma_w, sigma_b) =
 `meanfield.critical_point("tanh", q_star)` (chi = 1), trained by full-batch gradient descent
@@ -56,7 +56,7 @@ from jax import lax
 
 from isometry import data
 from isometry.results import io
-from isometry import meanfield
+from isometry.theory import meanfield
 from isometry.engine import models
 from isometry.results import plots
 from isometry.results import stats
@@ -158,7 +158,7 @@ def init_deep_linear(key, init_index, max_depth: int, width: int, out_dim: int,
     init_index: index into `inits` (may be traced).
     max_depth: the most weight matrices a member uses.
     width, out_dim: N and N_out.
-    inits: names in `isometry.initializers`, all at gain 1.
+    inits: names in `isometry.theory.initializers`, all at gain 1.
   """
   kernel_init = models.mixed_initializer(tuple(inits), init_index, 1.0)
   k_stack, k_out = jax.random.split(key)

@@ -22,9 +22,9 @@ the whole depth, log(||dL/dh_1^b||^2 / ||dL/dh_L^b||^2); for linear networks it 
 2 (L - 1) log sigma_w with orthogonal weights and a sum of L - 1 independent
 log(sigma_w^2 chi^2_N / N) terms with Gaussian ones (see `linear_gaussian_log_gain`).
 
-Part 2, the vanilla tanh RNN of `isometry.models` on row-by-row images: ||dL/dh_t|| over time
+Part 2, the vanilla tanh RNN of `isometry.engine.models` on row-by-row images: ||dL/dh_t|| over time
 at initialization and after a short training (Adam), for a few gains of the orthogonal recurrent
-kernel (`gradients_rnn`: one `isometry.train` sweep, which records `grad_norm_through_time` on a
+kernel (`gradients_rnn`: one `isometry.engine.train` sweep, which records `grad_norm_through_time` on a
 probe batch at init and after every epoch).
 
 `run(config, out_dir)` writes gradients.json, A1_layer_norms.png, A2_log_slopes.png,
@@ -41,18 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from scipy import optimize, special
+from scipy import special
 
-from isometry import initializers
-from isometry import meanfield
+from isometry.theory import initializers
+from isometry.theory import meanfield
 from isometry.results import plots
 from isometry.results import stats
-from isometry.activations import get_activation
+from isometry.theory.activations import get_activation
 from isometry.studies import gradients_rnn
 from isometry.studies import harness
 
 WEIGHTS = ("orthogonal", "gaussian")
-_HOMOGENEOUS = ("linear", "relu")
 SUMMARY = "gradients.json"
 
 
@@ -131,21 +130,6 @@ class StudyConfig(harness.DataConfig):
 
 # ----------------------------------------------------------------------------------------------
 # Theory.
-
-
-def critical_sigma_w(activation: str, sigma_b: float) -> float:
-  """The sigma_w on the critical line chi(sigma_w, sigma_b) = 1 at this bias scale
-  (`meanfield.critical_sigma_w`: closed forms for linear, relu and sigma_b = 0, else Brent's
-  method on a bracket that contains the root; ValueError where none exists)."""
-  return meanfield.critical_sigma_w(activation, sigma_b)
-
-
-def input_variance(activation: str, sigma_w: float, sigma_b: float) -> float:
-  """q0 of the inputs: the fixed point q*, or 1 for relu / linear without bias (no finite q*
-  or every q fixed; their gradients do not depend on the input scale then)."""
-  if activation in _HOMOGENEOUS and sigma_b == 0:
-    return 1.0
-  return float(meanfield.q_star(activation, sigma_w, sigma_b))
 
 
 def linear_gaussian_log_gain(sigma_w, width: int, steps: int):
@@ -275,10 +259,11 @@ def summarize_norms(norms):
 
 def mlp_study(config: StudyConfig) -> dict:
   """Part 1: the sigma_w sweep for every activation and weight distribution (JSON-ready)."""
-  sigma_c = np.array([critical_sigma_w(a, b) for a, b in zip(config.activations, config.sigma_b)])
+  sigma_c = np.array([meanfield.critical_sigma_w(a, b)
+                      for a, b in zip(config.activations, config.sigma_b)])
   factors = np.asarray(config.sigma_w_factors, np.float64)
   sigma_w = sigma_c[:, None] * factors[None, :]
-  q0 = np.array([[input_variance(a, sw, b) for sw in row]
+  q0 = np.array([[float(meanfield.input_variance(a, sw, b)) for sw in row]
                  for a, b, row in zip(config.activations, config.sigma_b, sigma_w)])
   start = time.perf_counter()
   norms = layer_gradient_norms(jax.random.key(config.seed), config.activations, config.weights,

@@ -1,8 +1,8 @@
 """Study A, part 2: gradient norms through time in a vanilla tanh RNN, at init and trained.
 
 The training half of study A (`gradients` holds the study, its config and part 1, the MLPs at
-initialization against mean field). The RNN of `isometry.models` reads images row by row; for
-each gain of its orthogonal recurrent kernel and each seed, one `isometry.train` sweep trains it
+initialization against mean field). The RNN of `isometry.engine.models` reads images row by row; for
+each gain of its orthogonal recurrent kernel and each seed, one `isometry.engine.train` sweep trains it
 for a few epochs with Adam and records ||dL/dh_t|| on a probe batch for every t, at init and
 after every epoch. The summary per gain is the mean over seeds of log10 ||dL/dh_t|| (with its
 95% t-interval) at init and after the last epoch, the log10 ratio ||dL/dh_0|| / ||dL/dh_{T-1}||,

@@ -1,6 +1,6 @@
 """The harness every study runs on: its images, its training sweeps, their results in memory.
 
-A study is a config, the `isometry.train` sweeps it trains and an analysis. Its config extends
+A study is a config, the `isometry.engine.train` sweeps it trains and an analysis. Its config extends
 `DataConfig` (dataset, data_dir, synthetic: declared once for every study) and validates itself
 with the config checks below; the harness does the rest, once for all of them:
 
@@ -23,7 +23,7 @@ Results are selected by the fields of the sweep's own `train.Member`s, compared 
 config holds them (never as numbers read back from JSON), and come back as arrays over seeds
 0..S-1, NaN where no member has that seed or where it diverged.
 
-The figure helpers the studies share with the training figures live in `isometry.plots`, which
+The figure helpers the studies share with the training figures live in `isometry.results.plots`, which
 the library's `training_plots` uses too (the library never imports a study).
 """
 import dataclasses
@@ -354,7 +354,7 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
     dataset: preloaded images for every sweep (default: each loads its config's dataset).
     overwrite: train every sweep afresh, replacing what its folder holds; without it a finished
       sweep of the same config is read back and an interrupted one resumes.
-    plots: write each sweep's training figures (`isometry.training_plots`).
+    plots: write each sweep's training figures (`isometry.results.training_plots`).
     keep_checkpoints: keep checkpoint.npz of the finished sweeps (a finished sweep is read back
       without it).
     callback: `train.run`'s per-epoch callback; returning True stops the sweep as an interrupt.

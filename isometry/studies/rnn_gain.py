@@ -2,7 +2,7 @@
 
 Hlav 2019 initialises a Keras SimpleRNN (tanh, H = 128, zero bias, Glorot-uniform input kernel U,
 recurrent kernel g times orthogonal) at g = 1.025 or 1.25, chosen by hand, and reads images row by
-row (T = 28 steps of D = 28 pixels). The mean field of `isometry.rnn_meanfield` gives the gain g*
+row (T = 28 steps of D = 28 pixels). The mean field of `isometry.theory.rnn_meanfield` gives the gain g*
 at which the mean squared singular value of J = dh_T / dh_0 neither grows nor decays; it depends
 on the data through the input drive variance q_in,t = E||x_t U||**2 / H. This study:
 
@@ -20,7 +20,7 @@ Stages 1-3 are in `rnn_gain_theory`; this module holds the study, its config and
      sampled Jacobians, with the KS distance: untied W and Gaussian drive (what freeprob
      assumes), tied W and Gaussian drive (the RNN's weight sharing), tied W and real rows from the
      zero state at width N, and the H-unit model itself;
-  4. training: one `isometry.train` sweep, gains {g*, hand-picked ones} x {no penalty, the
+  4. training: one `isometry.engine.train` sweep, gains {g*, hand-picked ones} x {no penalty, the
      gain-adjusted SO penalty of the paper's eq. 11} x seeds; best validation and test accuracy
      per gain with 95% t intervals, and the paired (by seed: same U, read-out, batch order and
      orthogonal draw, only the gain differs) differences g* - each hand-picked gain.

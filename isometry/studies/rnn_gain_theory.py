@@ -6,7 +6,7 @@ Stages 1-3 of `rnn_gain` (the study, its config and its training live there):
      Glorot variance, checked against the drive of the actual U of every training seed; g* in
      the three readings of the input (stationary at the time-averaged drive, time-dependent at
      the data-averaged drive, per-example), and the curves q*(g), chi(g) and the predicted
-     log-growth rate per step (`isometry.rnn_meanfield`);
+     log-growth rate per step (`isometry.theory.rnn_meanfield`);
   2. measurement: width-H RNNs at init (the model itself: Keras init, zero initial state)
      driven by real rows; their pre-activation variances q_t and log-growth rate of
      E||J^T u||**2 per step over a gain grid, against the three readings;
@@ -29,11 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from isometry import data
-from isometry import freeprob
-from isometry import jacobian
+from isometry.theory import freeprob
+from isometry.theory import jacobian
 from isometry.engine import models
 from isometry.results import plots
-from isometry import rnn_meanfield as rm
+from isometry.theory import rnn_meanfield as rm
 from isometry.engine import train
 
 READINGS = ("stationary", "trajectory", "per_example")

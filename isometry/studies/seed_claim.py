@@ -23,7 +23,7 @@ the CI of the mean paired difference lies above 0, refuted when it lies below, a
 when it covers 0; "pooled" averages, per seed, the differences over presets and strengths (the
 seed is the independent unit: cells with one seed share its init and batch order).
 
-Each (preset, formula) is one `isometry.train` sweep (every configuration and seed in one
+Each (preset, formula) is one `isometry.engine.train` sweep (every configuration and seed in one
 compiled program) in its own folder under out_dir, run by `harness.run_sweeps`, so an
 interrupted study loses no finished epoch.
 """
@@ -61,7 +61,7 @@ class StudyConfig(harness.DataConfig):
       (eq. 11, ||W^T W/g^2 - I||_F^2 / H^2).
     seeds: seeds 0..seeds-1 per configuration (>= 2 for confidence intervals).
     epochs: training epochs (the seed: 50).
-    hidden, lr, batch_size, val_size: as in `isometry.train.TrainConfig`.
+    hidden, lr, batch_size, val_size: as in `isometry.engine.train.TrainConfig`.
     max_train_examples: keep only the first n training examples (smoke runs).
     unroll: scan unroll over time.
     synthetic: train on 64 random 28 x 28 images instead (smoke runs; nothing to learn).
@@ -219,7 +219,7 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
   """Trains every (preset, formula) sweep (continuing an interrupted study), then writes the
   summary.
 
-  Writes out_dir/<preset>_<formula>/ (an `isometry.train` run folder each), summary.json and
+  Writes out_dir/<preset>_<formula>/ (an `isometry.engine.train` run folder each), summary.json and
   seed_claim.png.
 
   Returns:

@@ -1,6 +1,6 @@
 """The seed's claim where the penalty binds: gain-adjusted against unadjusted eq. 11.
 
-`isometry.seed_claim` ran the notebook's penalty (a mean over the H^2 entries of the Gram
+`isometry.studies.seed_claim` ran the notebook's penalty (a mean over the H^2 entries of the Gram
 matrix) and eq. 11 at strength reg / H^2; neither moves the recurrent kernel W much (its mean
 singular value ends near 1.28 with or without them), so they cannot tell a penalty towards
 g O(n) from one towards O(n). Here the paper's eq. 11 itself, lambda ||W^T W / g_p^2 - I||_F^2
@@ -17,7 +17,7 @@ the paired difference adjusted - unadjusted of the test accuracy (same seed: sam
 order), with its 95% interval, the paired t-test's p (and Holm's adjustment over the family of
 comparisons), the seeds where adjusted won, and the final largest |s / g - 1| of each penalty.
 
-`run(config, out_dir)` writes out_dir/pilot_<preset>/ and out_dir/<preset>/ (`isometry.train`
+`run(config, out_dir)` writes out_dir/pilot_<preset>/ and out_dir/<preset>/ (`isometry.engine.train`
 run folders, resumed if there), summary.json and seed_claim_binding.png.
 
 References:
@@ -230,7 +230,9 @@ def load_data(config: BindingConfig) -> data.Dataset:
                            val_size=config.val_size)
 
 
-def run(config: BindingConfig, out_dir: str, dataset: Optional[data.Dataset] = None) -> Optional[dict]:
+def run(config: BindingConfig,
+        out_dir: str,
+        dataset: Optional[data.Dataset] = None) -> Optional[dict]:
   """Runs the pilots and the sweeps (resuming finished work), then writes the summary.
 
   Returns:

@@ -1,8 +1,8 @@
 """Theory against Monte-Carlo for the Jacobian spectrum of deep networks: the spectra command.
 
 For each weight distribution and depth: the free-probability density of the squared singular
-values of J (`isometry.freeprob`) next to the squared singular values of sampled width-N networks
-(`isometry.jacobian`), with the Kolmogorov-Smirnov distance between the two CDFs and the first two
+values of J (`isometry.theory.freeprob`) next to the squared singular values of sampled width-N networks
+(`isometry.theory.jacobian`), with the Kolmogorov-Smirnov distance between the two CDFs and the first two
 moments with Monte-Carlo standard errors. Writes `spectra.json` and `spectra.png` (the layout of
 Figure 2 of Pennington, Schoenholz & Ganguli 2017: one column per depth, orthogonal above Gaussian).
 """
@@ -14,9 +14,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from isometry import freeprob, jacobian, meanfield
+from isometry.theory import freeprob, jacobian, meanfield
 from isometry.results import io
-from isometry.activations import get_activation
+from isometry.theory.activations import get_activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +37,11 @@ class SpectraConfig:
     width: width N of the sampled networks (shared/THEORY.md's checks, KS <= 0.02, are at 1000).
     num_networks: independent networks per (weights, depth): the moments' standard errors.
     seed: PRNG seed of the networks.
-    grid_points: points of the grid on which the density and the KS distance are evaluated.
-    grid_decades: the grid's logarithmic part spans this many decades below lambda_max (below
-      ~1e-10 lambda_max float64 eigenvalues are noise).
+    grid_points: points of the grid on which the density and the KS distance are evaluated
+      (`freeprob.spectral_grid_for`: it resolves the support, dense across a narrow bulk).
+    grid_decades: where the spectrum spreads towards 0, the grid's logarithmic part spans at
+      most this many decades below lambda_max (below ~1e-10 lambda_max float64 eigenvalues are
+      noise); the mass below the grid is reported beside the fraction of samples there.
   """
   activation: str = "tanh"
   weights: Tuple[str, ...] = ("orthogonal", "gaussian")
@@ -61,7 +63,8 @@ class SpectraConfig:
     if not self.weights:
       raise ValueError("weights must name at least one of orthogonal, gaussian")
     if (self.sigma_w is None) != (self.sigma_b is None):
-      raise ValueError("give both sigma_w and sigma_b, or neither (then q_star picks the critical point)")
+      raise ValueError(
+          "give both sigma_w and sigma_b, or neither (then q_star picks the critical point)")
     if self.sigma_w is None and self.q_star is None:
       raise ValueError("give q_star, or sigma_w and sigma_b")
     if self.sigma_w is not None and not self.sigma_w > 0:
@@ -85,7 +88,7 @@ class SpectraConfig:
 
 
 def _moment_summary(samples):
-  """Pooled mean and variance of (num_networks, width) samples, with standard errors across networks.
+  """Pooled mean and variance of (num_networks, width) samples, standard errors across networks.
 
   The networks are independent; the eigenvalues within one network are not, so the standard
   error is that of the per-network moments over networks.
@@ -115,7 +118,8 @@ def compare(config: SpectraConfig, weights: str, depth: int, samples) -> dict:
   samples = np.asarray(samples)
   mean, variance = freeprob.jacobian_moments(act, sigma_w, sigma_b, depth, weights)
   lambda_max = freeprob.max_squared_singular_value(act, sigma_w, sigma_b, depth, weights)
-  grid = freeprob.spectral_grid(lambda_max, config.grid_points, config.grid_decades)
+  grid = freeprob.spectral_grid_for(act, sigma_w, sigma_b, depth, weights, config.grid_points,
+                                    config.grid_decades)
   density = freeprob.jacobian_spectral_density(act, sigma_w, sigma_b, depth, weights, grid)
   cdf = freeprob.cumulative_distribution(density)
   empirical = _moment_summary(samples)
@@ -127,15 +131,15 @@ def compare(config: SpectraConfig, weights: str, depth: int, samples) -> dict:
   return {
       "activation": act, "weights": weights, "depth": depth,
       "sigma_w": sigma_w, "sigma_b": sigma_b,
-      "q_star": freeprob.fixed_point_variance(get_activation(act), sigma_w, sigma_b),
+      "q_star": float(meanfield.input_variance(act, sigma_w, sigma_b)),
       "chi": float(meanfield.chi(act, sigma_w, sigma_b)),
       "width": config.width, "num_networks": config.num_networks,
       "theory": {
           "mean": mean, "variance": variance, "lambda_max": lambda_max,
           "point_mass_at_zero": density.point_mass,
           # The KS distance covers the grid only: this is the mass the theory puts below it
-          # (atoms included), to set beside empirical["fraction_below_grid"].
-          "mass_below_grid": float(cdf[0]),
+          # (the atom at zero included), to set beside empirical["fraction_below_grid"].
+          "mass_below_grid": float(density.mass_below + density.point_mass),
           "lambdas": density.lambdas, "density": density.density, "cdf": cdf,
           "max_residual": float(density.residual.max()),
       },

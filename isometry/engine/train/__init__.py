@@ -43,10 +43,11 @@ from isometry.engine.train.programs import (KERNELS, MONITOR_INPUTS, Program, hp
 from isometry.engine.train.records import (CHECKPOINT, LOCK, MAX_JSON_TIME_STEPS, RUN_FILES,
                                            read_status, tracked_singular_values)
 from isometry.engine.train.sweep import (MODELS, NUM_CLASSES, OPTIMIZERS, Member, SetupError,
-                                         TrainConfig, preset_members, product_members)
+                                         SweepAxes, TrainConfig, preset_members,
+                                         product_members)
 
 __all__ = ["Arrays", "CHECKPOINT", "EvalSet", "KERNELS", "LOCK", "MAX_JSON_TIME_STEPS", "MODELS",
            "MONITOR_INPUTS", "Member", "NUM_CLASSES", "OPTIMIZERS", "Program", "RUN_FILES",
-           "RunResult", "SetupError", "TrainConfig", "hparams_of", "initial_params",
+           "RunResult", "SetupError", "SweepAxes", "TrainConfig", "hparams_of", "initial_params",
            "make_optimizer", "make_train", "materialize", "num_classes", "prepare_arrays",
            "preset_members", "product_members", "read_status", "run", "tracked_singular_values"]

@@ -67,10 +67,12 @@ def prepare_arrays(config: sweep.TrainConfig, dataset=None) -> Arrays:
     train_y = train_y[:config.max_train_examples]
   sweep.require(len(train_x) >= config.batch_size,
          f"batch_size {config.batch_size} > {len(train_x)} training examples")
-  sweep.require(len(dataset.val_x) > 0 and len(dataset.test_x) > 0, "empty validation or test split")
+  sweep.require(
+      len(dataset.val_x) > 0 and len(dataset.test_x) > 0, "empty validation or test split")
   classes = num_classes(config)
   for y in (train_y, dataset.val_y, dataset.test_y):
-    sweep.require(0 <= int(np.min(y)) and int(np.max(y)) < classes, f"labels must be in [0, {classes})")
+    sweep.require(0 <= int(np.min(y)) and int(np.max(y)) < classes,
+                  f"labels must be in [0, {classes})")
 
   if is_text:
     def view(ids):

@@ -192,10 +192,12 @@ def _check_out_dir(config: sweep.TrainConfig, out_dir: str, resume: bool, overwr
   if not holds_a_run or overwrite:
     return False
   if resume:
-    raise sweep.SetupError(f"out_dir {out_dir!r} holds {records.describe(status)} but no {records.CHECKPOINT} to "
-                     f"resume from: start over with --overwrite, or choose another out_dir")
-  raise sweep.SetupError(f"out_dir {out_dir!r} holds {records.describe(status)}: continue it with --resume, "
-                   f"start over with --overwrite, or choose another out_dir")
+    raise sweep.SetupError(
+        f"out_dir {out_dir!r} holds {records.describe(status)} but no {records.CHECKPOINT} to "
+        f"resume from: start over with --overwrite, or choose another out_dir")
+  raise sweep.SetupError(
+      f"out_dir {out_dir!r} holds {records.describe(status)}: continue it with --resume, "
+      f"start over with --overwrite, or choose another out_dir")
 
 
 class RunResult(NamedTuple):
@@ -224,7 +226,7 @@ def run(config: sweep.TrainConfig, out_dir: str, *, resume: bool = False, overwr
     callback: called as callback(epoch, epoch_outputs) after each epoch's files are written;
       returning True stops the run as an interruption would (status "interrupted").
     devices: devices of the member mesh (default: all local devices).
-    plots: write the figures of `isometry.training_plots` at the end.
+    plots: write the figures of `isometry.results.training_plots` at the end.
 
   Returns:
     `RunResult`: the status ("done", "diverged" when every member diverged, or "interrupted"),
@@ -271,7 +273,8 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
   os.makedirs(out_dir, exist_ok=True)
   io.write_json(paths["config.json"], config.to_dict())
   if resume:
-    states, initial, history, epoch_seconds = records.load_checkpoint(paths[records.CHECKPOINT], config, states)
+    states, initial, history, epoch_seconds = records.load_checkpoint(paths[records.CHECKPOINT],
+                                                                      config, states)
     states = jax.device_put(states, program.member_sharding)
     logging.info("resuming %s from epoch %d", out_dir, len(history))
   else:
@@ -313,7 +316,8 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
         history.append(out)
         epoch_seconds.append(seconds)
         write("running")
-        records.save_checkpoint(paths[records.CHECKPOINT], config, states, initial, history, epoch_seconds)
+        records.save_checkpoint(paths[records.CHECKPOINT], config, states, initial, history,
+                                epoch_seconds)
         logging.info(_progress_line(config, epoch + 1, seconds, steps, out))
         if callback is not None and callback(epoch + 1, out):
           status = "interrupted"

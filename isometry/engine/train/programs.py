@@ -5,7 +5,7 @@ single member) and sharded over a 1-d "members" mesh of the local devices, and i
 per sweep (`make_train` caches them). One epoch is a `lax.scan` over the steps, batches gathered
 by index from the data kept on device; the measurement gives the validation metrics, the
 singular values of the tracked kernels, gradient norms on the probe batch and the isometry
-monitor (the moments of the model's own Jacobian, `isometry.diagnostics`).
+monitor (the moments of the model's own Jacobian, `isometry.theory.diagnostics`).
 """
 import dataclasses
 import functools
@@ -17,9 +17,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from isometry import activations
+from isometry.theory import activations
 from isometry import data
-from isometry import diagnostics
+from isometry.theory import diagnostics
 from isometry import linalg
 from isometry.data import text
 from isometry.engine import constraints
@@ -30,7 +30,7 @@ from isometry.engine.train import feed
 from isometry.engine.train import sweep
 
 
-# The leaves of each model's params (by path, `isometry.selection`) that the penalty, the
+# The leaves of each model's params (by path, `isometry.engine.selection`) that the penalty, the
 # constraint and the tracked singular values are about: the recurrent kernel, or the MLP's stack
 # of hidden kernels.
 KERNELS = {"rnn": "recurrent", "lstm": "recurrent", "mlp": "hidden/w"}

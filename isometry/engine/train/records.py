@@ -23,7 +23,7 @@ MAX_JSON_TIME_STEPS = 64
 CHECKPOINT = "checkpoint.npz"
 
 
-# Every file a run writes into its out_dir (figures from `isometry.training_plots`).
+# Every file a run writes into its out_dir (figures from `isometry.results.training_plots`).
 RUN_FILES = ("config.json", "status.json", "metrics.json", "spectra.npz", CHECKPOINT,
              "singular_values.png", "curves.png", "gradients.png")
 
@@ -117,7 +117,8 @@ def _unstack_history(stacked: dict, num_epochs: int) -> list:
   return [jax.tree.map(lambda x: x[e], stacked) for e in range(num_epochs)]
 
 
-def _config_summaries(config: sweep.TrainConfig, test: Optional[dict], diverged: np.ndarray) -> list:
+def _config_summaries(config: sweep.TrainConfig, test: Optional[dict],
+                      diverged: np.ndarray) -> list:
   """Test accuracy per label over its seeds that did not diverge: mean and 95% t-interval
   half-width (None below two seeds), the seeds counted and the diverged ones left out."""
   if test is None:
@@ -269,7 +270,8 @@ def describe(status: Optional[dict]) -> str:
   if status is None:
     return "an earlier run's files"
   done, total = status.get("epochs_done"), status.get("epochs")
-  how = " (killed: its status said running, and no process holds it)" if status.get("killed") else ""
+  how = " (killed: its status said running, and no process holds it)" if status.get(
+      "killed") else ""
   return f"a {status['status']} run ({done} of {total} epochs){how}"
 
 

@@ -8,13 +8,13 @@ import dataclasses
 import itertools
 import math
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import optax
 
-from isometry import activations
+from isometry.theory import activations
 from isometry import data
-from isometry import initializers
+from isometry.theory import initializers
 from isometry.data import text
 from isometry.engine import constraints
 from isometry.engine import presets
@@ -76,8 +76,8 @@ class TrainConfig:
     hidden: RNN/LSTM units or MLP width.
     activation: MLP nonlinearity (RNNs are tanh).
     sigma_b: MLP bias scale, b ~ N(0, sigma_b^2).
-    regularizer: penalty name (isometry.regularizers) on the recurrent / hidden kernels.
-    constraint: isometry.constraints name on the recurrent kernel (RNN only).
+    regularizer: penalty name (isometry.engine.regularizers) on the recurrent / hidden kernels.
+    constraint: isometry.engine.constraints name on the recurrent kernel (RNN only).
     margin: singular-value band for constraint "margin".
     optimizer: adam, sgd or rmsprop.
     batch_size, epochs: as usual; an epoch is num_train // batch_size steps.
@@ -232,3 +232,46 @@ def preset_members(name: str, seeds: int,
       Member(p.label + (f"_lr{lr:g}" if len(lrs) > 1 else ""), p.init, p.gain, p.reg_strength,
              p.gain_adjusted, float(lr), seed)
       for p in presets.get_preset(name) for lr in lrs for seed in range(seeds))
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepAxes:
+  """The axes of a sweep as the training scripts take them; `members()` is their product.
+
+  Attributes:
+    preset: a named sweep of the seed notebook (`isometry.engine.presets`: it sets the inits,
+      gains, reg_strengths and gain_adjusted), or None for the product of the axes below.
+    inits: initializers of the recurrent kernel (RNN, LSTM) or of the hidden kernels (MLP).
+    gains: init gains g (sigma_w of the MLP's layers).
+    reg_strengths: strengths of the orthogonality penalty.
+    gain_adjusted: penalise W^T W / g^2 (true) or W^T W (false).
+    lr: learning rates.
+    seeds: seeds 0..seeds-1 of every configuration (init and batch order).
+    depths: numbers of hidden layers (MLP only).
+  """
+  preset: Optional[str] = None
+  inits: Tuple[str, ...] = ("orthogonal",)
+  gains: Tuple[float, ...] = (1.0,)
+  reg_strengths: Tuple[float, ...] = (0.0,)
+  gain_adjusted: bool = True
+  lr: Tuple[float, ...] = (presets.SEED_LEARNING_RATE,)
+  seeds: int = 1
+  depths: Tuple[int, ...] = (1,)
+
+  def __post_init__(self):
+    require(self.preset is None or self.preset in presets.NAMES,
+            f"unknown preset {self.preset!r}; choose one of {', '.join(presets.NAMES)}")
+    for name in ("inits", "gains", "reg_strengths", "lr", "depths"):
+      require(len(getattr(self, name)) > 0, f"{name} needs at least one value")
+    require(self.seeds > 0, f"seeds must be > 0, got {self.seeds}")
+
+  def members(self) -> tuple:
+    """The sweep's Members: the preset's configurations x lr x seeds, or the product."""
+    if self.preset is not None:
+      return preset_members(self.preset, self.seeds, self.lr)
+    return product_members(inits=self.inits, gains=self.gains, reg_strengths=self.reg_strengths,
+                           lrs=self.lr, seeds=self.seeds, depths=self.depths,
+                           gain_adjusted=self.gain_adjusted)
+
+  # The axes a preset sets: giving them beside a preset is a contradiction.
+  SET_BY_PRESET = ("inits", "gains", "reg_strengths", "gain_adjusted")

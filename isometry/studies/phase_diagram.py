@@ -1,6 +1,6 @@
 """The order-to-chaos phase diagram in the (sigma_w^2, sigma_b^2) plane, as data and a figure.
 
-`run(config, out_dir)` evaluates `meanfield.phase_diagram` on a grid and writes
+`run(config, out_dir)` evaluates `correlations.phase_diagram` on a grid and writes
   phase_diagram.json: the config, the grids, and q*, chi, c*, xi_q, xi_c as nested lists
                       ([i][j] at sigma_w2[i], sigma_b2[j]; 10 significant digits; NaN and
                       Infinity as Python's json writes them, e.g. q* = Infinity for relu beyond
@@ -15,24 +15,36 @@ import dataclasses
 import logging
 import os
 import time
+from typing import Tuple
 
 import numpy as np
 
 from isometry.results import io
-from isometry import meanfield
-from isometry.activations import ACTIVATIONS
+from isometry.theory import correlations
+from isometry.theory import meanfield
+from isometry.theory.activations import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
 class PhaseDiagramConfig:
-  activation: str = "tanh"          # a name from isometry.activations
+  """The window and resolution of a phase diagram.
+
+  Attributes:
+    activation: the nonlinearity (a name in isometry.theory.activations.ACTIVATIONS).
+    sigma_w2_min, sigma_w2_max: the weight-variance axis sigma_w^2 (> 0).
+    sigma_b2_min, sigma_b2_max: the bias-variance axis sigma_b^2 (>= 0).
+    grid: grid points per axis, in [2, 1001].
+    q_star_marks: fixed points q* whose critical points (chi = 1) are marked where they fall in
+      the window.
+  """
+  activation: str = "tanh"          # a name from isometry.theory.activations
   sigma_w2_min: float = 0.5         # weight-variance axis (sigma_w^2), > 0
   sigma_w2_max: float = 4.0
   sigma_b2_min: float = 0.0         # bias-variance axis (sigma_b^2), >= 0
   sigma_b2_max: float = 0.5
   grid: int = 121                   # points per axis
   # Fixed points q* whose critical points (chi = 1) are marked, where they fall in the window.
-  q_star_marks: tuple = (1 / 64, 1 / 4, 1 / 2, 1.0, 2.0)
+  q_star_marks: Tuple[float, ...] = (1 / 64, 1 / 4, 1 / 2, 1.0, 2.0)
 
   def validate(self) -> None:
     """Raises ValueError with a one-line message for an unusable config."""
@@ -161,7 +173,7 @@ def _plot(config, sigma_w2, sigma_b2, diagram, marks, path):
 
 def _rounded(array):
   """Nested lists with 10 significant digits: the file is for plots and lookups, and full
-  float64 precision is a function call away (meanfield.phase_diagram)."""
+  float64 precision is a function call away (correlations.phase_diagram)."""
   return np.vectorize(lambda v: float(f"{v:.10g}"), otypes=[float])(np.asarray(array)).tolist()
 
 
@@ -175,7 +187,7 @@ def run(config: PhaseDiagramConfig, out_dir: str) -> dict:
   start = time.time()
   sigma_w2 = np.linspace(config.sigma_w2_min, config.sigma_w2_max, config.grid)
   sigma_b2 = np.linspace(config.sigma_b2_min, config.sigma_b2_max, config.grid)
-  diagram = meanfield.phase_diagram(config.activation, sigma_w2, sigma_b2)
+  diagram = correlations.phase_diagram(config.activation, sigma_w2, sigma_b2)
   marks = _critical_marks(config)
   seconds = time.time() - start
 

@@ -1,6 +1,6 @@
 """Mean field of a vanilla RNN driven by data: q*, chi and the critical recurrent gain.
 
-RNN (Keras SimpleRNN, as in `isometry.models`; the row-vector form x_t U + h_{t-1} W has the same
+RNN (Keras SimpleRNN, as in `isometry.engine.models`; the row-vector form x_t U + h_{t-1} W has the same
 law as the column form below, since W and W^T are equally distributed):
 
   a_t = W h_{t-1} + U x_t + b,   h_t = phi(a_t),   t = 1..T,   h_0 = 0,
@@ -14,7 +14,7 @@ pre-activations a_t of one step are Gaussian across units with a variance q_t th
 where q_in,t = E||x_t U||**2 / H is the variance of the input drive (Chen, Pennington & Schoenholz
 2018, "Dynamical isometry and a mean field theory of RNNs: gating enables signal propagation in
 recurrent neural networks", whose vanilla-RNN recursion is this one with the input variance as an
-extra bias term). It is the feed-forward q-map of `isometry.meanfield` with an effective bias
+extra bias term). It is the feed-forward q-map of `isometry.theory.meanfield` with an effective bias
 variance q_in,t + sigma_b**2, so everything here reuses that module's integrals.
 
 Three readings of the input (`rnn_mean_log_chi`, `rnn_critical_gain` take all three):
@@ -35,7 +35,7 @@ The Jacobian J = dh_T / dh_0 = D_T W ... D_1 W (D_t = diag(phi'(a_t))) then has 
 singular value prod_t chi_t, and variance prod_t chi_t**2 * sum_t (mu_2,t / mu_1,t**2 - 1) for
 orthogonal W (the S-transforms of free factors multiply; their first-order terms add), if the
 D_t and the (tied) W are treated as free: the untied-weights approximation that
-`isometry.rnn_gain_study` tests against sampled RNNs.
+`isometry.studies.rnn_gain` tests against sampled RNNs.
 
 The critical gain g* is where the mean squared singular value neither grows nor decays: chi = 1
 (stationary), prod_t chi_t = 1 (time-dependent), or the mean over examples of their
@@ -53,8 +53,11 @@ import numpy as np
 from jax import lax
 from scipy import optimize
 
-from isometry import meanfield
-from isometry.meanfield import ActivationLike
+from isometry.theory import activations
+from isometry.theory import gaussian
+from isometry.theory import meanfield
+from isometry.theory import x64
+from isometry.theory.meanfield import ActivationLike
 
 _GAIN_BRACKET = (1e-2, 1e2)
 
@@ -62,13 +65,13 @@ _GAIN_BRACKET = (1e-2, 1e2)
 # ----------------------------------------------------------------------------- checks
 
 def _check_nonnegative(name, value):
-  concrete = meanfield._concrete(value)
+  concrete = x64.concrete(value)
   if concrete is not None and not np.all(concrete >= 0):
     raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def _check_gain(gain):
-  concrete = meanfield._concrete(gain)
+  concrete = x64.concrete(gain)
   if concrete is not None and not np.all(concrete > 0):
     raise ValueError(f"gain must be > 0, got {gain}")
 
@@ -93,7 +96,7 @@ def effective_sigma_b(q_in, sigma_b=0.0):
   _check_nonnegative("q_in", q_in)
   _check_nonnegative("sigma_b", sigma_b)
   with jax.enable_x64(True):
-    return meanfield._finish(_effective_bias(meanfield._f64(q_in), meanfield._f64(sigma_b)))
+    return x64.finish(_effective_bias(x64.f64(q_in), x64.f64(sigma_b)))
 
 
 # ------------------------------------------------------------------------- stationary
@@ -107,7 +110,7 @@ def rnn_q_map(activation: ActivationLike, q, gain, q_in, sigma_b=0.0):
   _check_nonnegative("q_in", q_in)
   _check_nonnegative("sigma_b", sigma_b)
   with jax.enable_x64(True):
-    sigma = _effective_bias(meanfield._f64(q_in), meanfield._f64(sigma_b))
+    sigma = _effective_bias(x64.f64(q_in), x64.f64(sigma_b))
   return meanfield.q_map(activation, q, gain, sigma)
 
 
@@ -134,7 +137,7 @@ def rnn_q_star(activation: ActivationLike, gain, q_in, sigma_b=0.0):
   _check_nonnegative("q_in", q_in)
   _check_nonnegative("sigma_b", sigma_b)
   with jax.enable_x64(True):
-    sigma = _effective_bias(meanfield._f64(q_in), meanfield._f64(sigma_b))
+    sigma = _effective_bias(x64.f64(q_in), x64.f64(sigma_b))
   return meanfield.q_star(activation, gain, sigma)
 
 
@@ -149,7 +152,7 @@ def rnn_chi(activation: ActivationLike, gain, q_in, sigma_b=0.0):
   _check_nonnegative("q_in", q_in)
   _check_nonnegative("sigma_b", sigma_b)
   with jax.enable_x64(True):
-    sigma = _effective_bias(meanfield._f64(q_in), meanfield._f64(sigma_b))
+    sigma = _effective_bias(x64.f64(q_in), x64.f64(sigma_b))
   return meanfield.chi(activation, gain, sigma)
 
 
@@ -157,10 +160,10 @@ def rnn_chi(activation: ActivationLike, gain, q_in, sigma_b=0.0):
 
 def _trajectory(act, gain, q_in, sigma_b, q_init):
   """(q_t, chi_t, mu_2,t / mu_1,t**2) for t = 1..T, float64, traced."""
-  integrals = meanfield._integrals(act)
+  integrals = gaussian.integrals(act)
 
   def step(q, q_in_t):
-    q = meanfield._q_map(act, q, gain, _effective_bias(q_in_t, sigma_b))
+    q = meanfield.q_map_of(act, q, gain, _effective_bias(q_in_t, sigma_b))
     mu1 = integrals.mu(q, 1)
     return q, (q, jnp.square(gain) * mu1, integrals.mu(q, 2) / jnp.square(mu1))
 
@@ -174,14 +177,14 @@ def _trajectory_jit(act, gain, q_in, sigma_b, q_init):
 
 
 def _trajectory_checked(activation, gain, q_in, sigma_b, q_init):
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_gain(gain)
   _check_sequence(q_in)
   _check_nonnegative("sigma_b", sigma_b)
   _check_nonnegative("q_init", q_init)
-  f64 = meanfield._f64
+  f64 = x64.f64
   with jax.enable_x64(True):
-    return meanfield._finish(
+    return x64.finish(
         _trajectory_jit(act, f64(gain), f64(q_in), f64(sigma_b), f64(q_init)))
 
 
@@ -273,7 +276,7 @@ def rnn_mean_log_chi(activation: ActivationLike, gain, q_in, sigma_b=0.0, q_init
   References:
     Chen, Pennington & Schoenholz 2018.
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_gain(gain)
   _check_nonnegative("sigma_b", sigma_b)
   ndim = np.ndim(q_in)
@@ -281,15 +284,15 @@ def rnn_mean_log_chi(activation: ActivationLike, gain, q_in, sigma_b=0.0, q_init
     _check_nonnegative("q_in", q_in)
     chi = rnn_chi(act, gain, q_in, sigma_b)
     with jax.enable_x64(True):
-      return meanfield._finish(jnp.log(meanfield._f64(chi)))
+      return x64.finish(jnp.log(x64.f64(chi)))
   if ndim > 2 or 0 in np.shape(q_in):
     raise ValueError(f"q_in must be a scalar, (T,) or (B, T), got shape {np.shape(q_in)}")
   _check_nonnegative("q_in", q_in)
   _check_nonnegative("q_init", q_init)
-  f64 = meanfield._f64
+  f64 = x64.f64
   with jax.enable_x64(True):
     rows = f64(q_in).reshape((-1, np.shape(q_in)[-1]))
-    return meanfield._finish(
+    return x64.finish(
         _mean_log_chi_jit(act, f64(gain), rows, f64(sigma_b), f64(q_init)))
 
 
@@ -319,7 +322,7 @@ def rnn_critical_gain(activation: ActivationLike, q_in, sigma_b=0.0, q_init=0.0,
   References:
     Chen, Pennington & Schoenholz 2018 (critical initialization of the vanilla RNN).
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   lo, hi = (float(b) for b in bracket)
   if not 0 < lo < hi:
     raise ValueError(f"bracket must be 0 < lo < hi, got {bracket}")

@@ -2,7 +2,7 @@
 
 Feed-forward: h_l = W_l x_{l-1} + b_l, x_l = phi(h_l), l = 1..L, width N, with W_l = sigma_w times a
 unit-gain draw of `weights` (Haar orthogonal, or Gaussian with variance 1 / N, from
-`isometry.initializers`) and b_l ~ N(0, sigma_b**2). The Jacobian of x_L with respect to x_0 is
+`isometry.theory.initializers`) and b_l ~ N(0, sigma_b**2). The Jacobian of x_L with respect to x_0 is
 
   J = D_L W_L ... D_1 W_1,   D_l = diag(phi'(h_l)),
 
@@ -31,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from isometry import initializers
-from isometry import meanfield
+from isometry.theory import initializers
+from isometry.theory import activations
+from isometry.theory import meanfield
+from isometry.theory import x64
 
 _WEIGHTS = tuple(n for n in initializers.NAMES if n != "delta_orthogonal")
-_HOMOGENEOUS = ("relu", "linear")
 
 
 class Network(NamedTuple):
@@ -84,26 +85,17 @@ def _sweep(*values):
 
 
 def _check_nonnegative(name, value):
-  concrete = meanfield._concrete(value)
+  concrete = x64.concrete(value)
   if concrete is not None and not np.all(concrete >= 0):
     raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _input_variance(act, sigma_w, sigma_b, q0):
-  """Variance of h_0: q0 if given, else q*; 1 for relu/linear without bias (see below)."""
-  if q0 is not None:
-    return jnp.asarray(q0, jnp.float64)
-  q = jnp.vectorize(functools.partial(meanfield._q_star, act))(sigma_w, sigma_b)
-  if act.name in _HOMOGENEOUS:
-    # phi'(c h) = phi'(h) for c > 0: without bias the Jacobian does not depend on the input's
-    # scale, while q* is 0 (relu: phi'(0) = 0 would kill J), infinite, or any q.
-    q = jnp.where(sigma_b == 0.0, 1.0, q)
-  return q
-
-
 def _resolve_input_variance(act, sigma_w, sigma_b, q0):
-  q = _input_variance(act, sigma_w, sigma_b, q0)
-  concrete = meanfield._concrete(q)
+  """Variance of h_0: q0 if given, else `meanfield.input_variance` (q*, or 1 for relu/linear
+  without bias); ValueError where neither is finite."""
+  q = (jnp.asarray(q0, jnp.float64) if q0 is not None
+       else meanfield.input_variance_of(act, sigma_w, sigma_b))
+  concrete = x64.concrete(q)
   if concrete is not None and not np.all(np.isfinite(concrete)):
     raise ValueError(
         f"no finite fixed point q* for {act.name} at sigma_w={sigma_w}, sigma_b={sigma_b}: "
@@ -134,14 +126,14 @@ def _network(key, act, weights, sigma_w, sigma_b, q0, depth, width):
 
 
 def _jacobians_at_depths(key, act, weights, sigma_w, sigma_b, q0, depths, width):
-  """Squared singular values of J at each depth in `depths` (ascending) for ONE network.
+  """J at each depth in `depths` (ascending) for ONE network.
 
   The network of depth d is the first d layers of the deepest one (layer l draws from
   fold_in(k_layers, l) whatever the depth), so one product chain serves every depth: J is carried
-  through a `lax.scan` over each stretch of layers and its spectrum taken at the stretch's end.
+  through a `lax.scan` over each stretch of layers and kept at the stretch's end.
 
   Returns:
-    (len(depths), width) float64, each row ascending.
+    (len(depths), width, width) float64.
   """
   k_input, k_layers = jax.random.split(key)
 
@@ -152,17 +144,23 @@ def _jacobians_at_depths(key, act, weights, sigma_w, sigma_b, q0, depths, width)
     return (act.fn(h), act.derivative(h)[:, None] * (w @ jac)), None
 
   carry = (_input(k_input, act, q0, width), jnp.eye(width, dtype=jnp.float64))
-  spectra, done = [], 0
+  jacobians, done = [], 0
   for depth in depths:
     carry, _ = lax.scan(layer, carry, jnp.arange(done, depth))
-    spectra.append(_squared_singular_values(carry[1]))
+    jacobians.append(carry[1])
     done = depth
-  return jnp.stack(spectra)
+  return jnp.stack(jacobians)
 
 
 def _squared_singular_values(jac):
-  # svd, not eigvalsh(J J^T): forming J J^T squares the condition number, and eigenvalues below
-  # ~1e-16 lambda_max would be lost to rounding.
+  """Ascending squared singular values of a (..., N, N) stack, in ONE batched SVD call.
+
+  svd, not eigvalsh(J J^T): forming J J^T squares the condition number, and eigenvalues below
+  ~1e-16 lambda_max would be lost to rounding. One call for the whole stack, after every product
+  is done: two batched LAPACK calls that XLA:CPU could run side by side can deadlock jaxlib
+  0.9.1-0.11 (`isometry.linalg`), while one call alone cannot (its chunks run on the other
+  threads of the pool), and it keeps LAPACK's batch parallelism.
+  """
   s = jnp.linalg.svd(jac, compute_uv=False)
   return jnp.flip(jnp.square(s), axis=-1)
 
@@ -175,8 +173,10 @@ def _ffn_spectra(key, act, weights, sigma_w, sigma_b, q0, depths, width, num_net
       return _jacobians_at_depths(k, act, weights, sw, sb, q, depths, width)
     return jnp.swapaxes(jax.vmap(one_network)(jax.random.split(key, num_networks)), 0, 1)
   if sweep:
-    return jax.vmap(one_gain)(sigma_w, sigma_b, q0)
-  return one_gain(sigma_w, sigma_b, q0)
+    jacobians = jax.vmap(one_gain)(sigma_w, sigma_b, q0)
+  else:
+    jacobians = one_gain(sigma_w, sigma_b, q0)
+  return _squared_singular_values(jacobians)
 
 
 def sample_network(key, activation, weights: str, sigma_w, sigma_b, depth: int, width: int,
@@ -188,15 +188,15 @@ def sample_network(key, activation, weights: str, sigma_w, sigma_b, depth: int, 
   Returns:
     Network(x0 (width,), weights (depth, width, width), biases (depth, width)), float64.
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_weights(weights)
   _check_positive_int("depth", depth)
   _check_positive_int("width", width)
-  meanfield._check_scales(sigma_w, sigma_b)
+  x64.check_scales(sigma_w, sigma_b)
   with jax.enable_x64(True):
     sw, sb = jnp.asarray(sigma_w, jnp.float64), jnp.asarray(sigma_b, jnp.float64)
     q = _resolve_input_variance(act, sw, sb, q0)
-    return meanfield._finish(_network(key, act, weights, sw, sb, q, depth, width))
+    return x64.finish(_network(key, act, weights, sw, sb, q, depth, width))
 
 
 def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sigma_b,
@@ -207,7 +207,7 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
     key: PRNG key; network i uses jax.random.split(key, num_networks)[i] (see the module doc).
     activation: name or Activation.
     weights: "orthogonal" (sigma_w * Haar) or "gaussian" (variance sigma_w**2 / N); the other
-      square initializers of `isometry.initializers` work too.
+      square initializers of `isometry.theory.initializers` work too.
     sigma_w, sigma_b: scalars, or 1-d arrays of one length G (a sweep; scalars broadcast).
     depth: L, or a sequence of depths: then network i of depth d is the first d layers of
       network i of the largest depth, and one chain of products serves all of them (the cost is
@@ -229,7 +229,7 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
     Pennington, Schoenholz & Ganguli, Resurrecting the sigmoid in deep learning through
     dynamical isometry, 2017 (Fig. 2: these spectra against free probability).
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_weights(weights)
   several = not isinstance(depth, (int, np.integer))
   depths = tuple(depth) if several else (depth,)
@@ -239,7 +239,7 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
     _check_positive_int("depth", d)
   for name, value in (("width", width), ("num_networks", num_networks)):
     _check_positive_int(name, value)
-  meanfield._check_scales(sigma_w, sigma_b)
+  x64.check_scales(sigma_w, sigma_b)
   if q0 is not None:
     _check_nonnegative("q0", q0)
   unique = tuple(int(d) for d in sorted(set(depths)))
@@ -247,7 +247,7 @@ def jacobian_squared_singular_values(key, activation, weights: str, sigma_w, sig
     (sw, sb, q0), sweep = _sweep(sigma_w, sigma_b, q0)
     sw, sb = jnp.asarray(sw, jnp.float64), jnp.asarray(sb, jnp.float64)
     q = _resolve_input_variance(act, sw, sb, q0)
-    spectra = meanfield._finish(
+    spectra = x64.finish(
         _ffn_spectra(key, act, weights, sw, sb, q, unique, width, num_networks, sweep))
   spectra = spectra[..., [unique.index(d) for d in depths], :, :]
   return spectra if several else spectra[..., 0, :, :]
@@ -310,7 +310,7 @@ def _check_rnn_args(act, weights, gain, input_std, bias_std, sizes):
   _check_weights(weights)
   for name, value in sizes:
     _check_positive_int(name, value)
-  meanfield._check_scales(gain, bias_std)
+  x64.check_scales(gain, bias_std)
   _check_nonnegative("input_std", input_std)
 
 
@@ -321,12 +321,12 @@ def sample_rnn(key, activation, weights: str, gain, input_std, bias_std, steps: 
   Returns:
     RNN(h0 (width,), weights (width, width), bias (width,), drive (steps, width)), float64.
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_rnn_args(act, weights, gain, input_std, bias_std, (("steps", steps), ("width", width)))
   with jax.enable_x64(True):
     g, s_in, s_b = (jnp.asarray(v, jnp.float64) for v in (gain, input_std, bias_std))
     q = _rnn_input_variance(act, g, s_in, s_b, q0)
-    return meanfield._finish(_rnn(key, act, weights, g, s_in, s_b, q, steps, width))
+    return x64.finish(_rnn(key, act, weights, g, s_in, s_b, q, steps, width))
 
 
 def rnn_jacobian_squared_singular_values(key, activation, weights: str, gain, input_std,
@@ -354,7 +354,7 @@ def rnn_jacobian_squared_singular_values(key, activation, weights: str, gain, in
   References:
     Chen, Pennington & Schoenholz, Dynamical isometry and a mean field theory of RNNs, 2018.
   """
-  act = meanfield._resolve(activation)
+  act = activations.resolve(activation)
   _check_rnn_args(act, weights, gain, input_std, bias_std,
                   (("steps", steps), ("width", width), ("num", num)))
   if q0 is not None:
@@ -363,5 +363,5 @@ def rnn_jacobian_squared_singular_values(key, activation, weights: str, gain, in
     (g, s_in, s_b, q0), sweep = _sweep(gain, input_std, bias_std, q0)
     g, s_in, s_b = (jnp.asarray(v, jnp.float64) for v in (g, s_in, s_b))
     q = _rnn_input_variance(act, g, s_in, s_b, q0)
-    return meanfield._finish(
+    return x64.finish(
         _rnn_spectra(key, act, weights, g, s_in, s_b, q, steps, width, num, sweep))
