@@ -15,7 +15,7 @@ E[var] + (1 - 1/n) Var(m_1): with three networks it estimates E[var] + (2/3) Var
 
 Monte-Carlo (`sample_moments`). J is never formed. P Gaussian probes U (N x P) ride along the
 forward pass, V_l = D_l W_l V_{l-1}, V_0 = U, so V_L = J U; with Gram matrix G = V_L^T V_L,
-  m_1 ~ mean_p G_pp / N,   m_2 ~ mean_{p != q} G_pq**2 / N,   m_1**2 ~ mean_{p != q} G_pp G_qq / N**2
+  m_1 ~ mean_p G_pp / N,  m_2 ~ mean_{p != q} G_pq**2 / N,  m_1**2 ~ mean_{p != q} G_pp G_qq / N**2
 are unbiased for the network's m_1, m_2 and m_1**2 (E[u^T A u] = tr A, E[(u^T A u')**2] = tr A**2
 for independent isotropic u, u'; A = J^T J), so var = m_2 - m_1**2 is unbiased too. The probe
 noise is part of the spread between networks and hence of the intervals; splitting the probes in
@@ -36,9 +36,10 @@ a few ms. The k x k Cholesky factorizations and triangular inverse are written o
 rather than LAPACK calls, because batched LAPACK calls deadlock XLA:CPU on this jax (see
 `train._one_matrix_per_call`); the Cholesky factor of the (possibly numerically singular) Gram
 matrix of X is taken positive semi-definite, dropping directions below ~1e-13 of its largest
-diagonal entry, which changes m_1 and m_2 by less than that relative amount. Z is drawn in
-float32 (4x faster than float64 on this CPU) and used in float64. All laws and models of a width
-share the draws (common random numbers).
+diagonal entry, which changes m_1 and m_2 by less than that relative amount. All Gaussian draws
+(inputs, probes, biases, Z) are made in float32 (4x faster than float64 on this CPU, and the
+float64 sampler costs seconds of compile per call site) and used in float64. All laws and
+models of a width share the draws (common random numbers).
 
 Theory (`recursion`, `continuum`, `layer_constants`, `predictions`). The derivation, step by step;
 each step is checked numerically in tests/test_finite_width.py or by the Monte-Carlo of `run`.
@@ -96,8 +97,9 @@ chi = 1 throughout (the critical line).
    for Haar and 0 for Gaussian W.
    (a) The pre-activation variance given the past, qhat_l = sigma_w**2 |x_{l-1}|**2 / N +
        sigma_b**2, is an AR(1) chain, qhat_{l+1} - q* = kappa (qhat_l - q*) + sigma_w**2 A_l +
-       sigma_w**2 m_{phi^2}'' (qhat_l - q*)**2 / 2, with A_l = mean_i phi(h_i)**2 - m_{phi^2}(qhat_l),
-       N Var A = V_A: N Var(qhat) = sigma_w**4 V_A / (1 - kappa**2) and
+       sigma_w**2 m_{phi^2}'' (qhat_l - q*)**2 / 2, with N Var A = V_A for
+       A_l = mean_i phi(h_i)**2 - m_{phi^2}(qhat_l). So N Var(qhat) = sigma_w**4 V_A /
+       (1 - kappa**2) and
        N E[qhat - q*] = (sigma_w**2 m_{phi^2}'' N Var(qhat) / 2 + N sigma_w**2 E[A]) / (1 - kappa).
    (b) The layer's mean gain g_l = sigma_w**2 mean_i phi'(h_i)**2 - 1 = sigma_w**2 mu_1'
        (qhat_l - q*) + sigma_w**2 mu_1'' (qhat_l - q*)**2 / 2 + sigma_w**2 e_l, with sampling noise
@@ -199,6 +201,49 @@ def _expect(f, q):
   return float(meanfield.gaussian_expectation(f, q))
 
 
+class _Integrals(NamedTuple):
+  """Gaussian integrals at q*, h ~ N(0, q*), shared by both weight laws (see layer_constants).
+
+  m_phi2 = E[phi**2] with its first two q-derivatives m_phi2_1, m_phi2_2; mu1 = E[phi'**2] with
+  mu1_1, mu1_2; mu2 = E[phi'**4]; var_phi2 = Var(phi**2); cov = Cov(phi**2, phi'**2);
+  cross2 = E[(phi phi')**2].
+  """
+  sigma_w2: float
+  q_s: float
+  m_phi2: float
+  m_phi2_1: float
+  m_phi2_2: float
+  mu1: float
+  mu2: float
+  mu1_1: float
+  mu1_2: float
+  var_phi2: float
+  cov: float
+  cross2: float
+
+
+@functools.lru_cache(maxsize=None)
+def _integrals(activation: str, q_star: float) -> _Integrals:
+  act = get_activation(activation)
+  sigma_w, sigma_b = (float(v) for v in meanfield.critical_point(activation, q_star))
+  q = float(q_star)
+  with jax.enable_x64(True):
+    phi2 = lambda h: jnp.square(act.fn(h))                     # noqa: E731
+    dphi2 = lambda h: jnp.square(act.derivative(h))            # noqa: E731
+    m_phi2, mu1 = _expect(phi2, q), _expect(dphi2, q)
+    # d/dq E[F(sqrt(q) z)] = E[F''] / 2 (heat equation): derivatives by autodiff of F.
+    return _Integrals(
+        sigma_w2=sigma_w**2, q_s=q - sigma_b**2, m_phi2=m_phi2,
+        m_phi2_1=_expect(_derivative(phi2, 2), q) / 2,
+        m_phi2_2=_expect(_derivative(phi2, 4), q) / 4,
+        mu1=mu1, mu2=_expect(lambda h: jnp.square(dphi2(h)), q),
+        mu1_1=_expect(_derivative(dphi2, 2), q) / 2,
+        mu1_2=_expect(_derivative(dphi2, 4), q) / 4,
+        var_phi2=_expect(lambda h: jnp.square(phi2(h)), q) - m_phi2**2,
+        cov=_expect(lambda h: phi2(h) * dphi2(h), q) - m_phi2 * mu1,
+        cross2=_expect(lambda h: jnp.square(act.fn(h) * act.derivative(h)), q))
+
+
 @functools.lru_cache(maxsize=None)
 def layer_constants(activation: str, q_star: float, weights: str) -> LayerConstants:
   """The constants of the finite-width correction at the critical point with fixed point q*.
@@ -215,24 +260,11 @@ def layer_constants(activation: str, q_star: float, weights: str) -> LayerConsta
     raise ValueError(f"activation must be one of {', '.join(SMOOTH)}, got {activation!r}")
   if weights not in LAWS:
     raise ValueError(f"unknown weights {weights!r}; choose one of {', '.join(LAWS)}")
-  act = get_activation(activation)
-  sigma_w, sigma_b = (float(v) for v in meanfield.critical_point(activation, q_star))
-  sw2, q = sigma_w**2, float(q_star)
-  q_s = q - sigma_b**2
-  with jax.enable_x64(True):
-    phi2 = lambda h: jnp.square(act.fn(h))                     # noqa: E731
-    dphi2 = lambda h: jnp.square(act.derivative(h))            # noqa: E731
-    cross = lambda h: act.fn(h) * act.derivative(h)            # noqa: E731
-    m_phi2 = _expect(phi2, q)
-    m_phi2_1 = _expect(_derivative(phi2, 2), q) / 2
-    m_phi2_2 = _expect(_derivative(phi2, 4), q) / 4
-    mu1 = _expect(dphi2, q)
-    mu2 = _expect(lambda h: jnp.square(dphi2(h)), q)
-    mu1_1 = _expect(_derivative(dphi2, 2), q) / 2
-    mu1_2 = _expect(_derivative(dphi2, 4), q) / 4
-    var_phi2 = _expect(lambda h: jnp.square(phi2(h)), q) - m_phi2**2
-    cov = _expect(lambda h: phi2(h) * dphi2(h), q) - m_phi2 * mu1
-    cross2 = _expect(lambda h: jnp.square(cross(h)), q)
+  g = _integrals(activation, float(q_star))
+  sw2, q, q_s = g.sigma_w2, float(q_star), g.q_s
+  m_phi2, m_phi2_1, m_phi2_2 = g.m_phi2, g.m_phi2_1, g.m_phi2_2
+  mu1, mu2, mu1_1, mu1_2 = g.mu1, g.mu2, g.mu1_1, g.mu1_2
+  var_phi2, cov, cross2 = g.var_phi2, g.cov, g.cross2
   r = mu2 / mu1**2
   kappa = sw2 * m_phi2_1
   o = 1.0 if weights == "orthogonal" else 0.0
@@ -266,7 +298,8 @@ def _step(weights, n, x, y, big_m, p):
     d2 = (2 * t2 + t1sq) / (n * (n + 2))
     dd = t2 / (n * (n + 2)) + (t1sq - t2) * (n + 1) / (n * (n - 1) * (n + 2))
     o2 = (n * t2 - t1sq) / (n * (n - 1) * (n + 2))
-  return (n * p * d2 + (n**2 * big_m - n * p) * dd) / n**2, (n * p * d2 + (n**2 * big_m - n * p) * o2) / n
+  shared = n**2 * big_m - n * p          # sum_{i != j} E[c_i c_j] sigma_w**4
+  return (n * p * d2 + shared * dd) / n**2, (n * p * d2 + shared * o2) / n
 
 
 def recursion(weights: str, width: int, depths, r: float, v: Optional[float] = None,
@@ -409,6 +442,12 @@ def _estimates(gram, width):
   return jnp.stack([m1, m2, m11, a1, a2 - a11, b1, b2 - b11])
 
 
+def _normal(key, shape):
+  """Standard normals drawn in float32 (4x faster on this CPU, and faster to compile), used in
+  float64: 24-bit draws change no moment we estimate."""
+  return jax.random.normal(key, shape, jnp.float32).astype(jnp.float64)
+
+
 _FIELDS = ("m1", "m2", "m1_squared", "m1_half_a", "var_half_a", "m1_half_b", "var_half_b")
 
 
@@ -422,22 +461,23 @@ def _chunk(keys, act, sigma_w, sigma_b, q, width, probes, depths, orthogonal, in
   depth_max = max(depths)
 
   def one(key):
-    k_in, k_probe, k_layers = jax.random.split(key, 3)
-    x0 = act.fn(jnp.sqrt(q) * jax.random.normal(k_in, (n,), jnp.float64))
-    u = jax.random.normal(k_probe, (n, probes), jnp.float64)
-    start = jnp.broadcast_to(jnp.concatenate([x0[:, None], u], axis=1), (len(orthogonal), n, k))
+    k_start, k_layers = jax.random.split(key)
+    # One normal draw per site: every call of the float64 sampler costs seconds of XLA compile.
+    start = _normal(k_start, (n, k))                        # h_0 / sqrt(q*), then the probes
+    start = start.at[:, 0].set(act.fn(jnp.sqrt(q) * start[:, 0]))
+    start = jnp.broadcast_to(start, (len(orthogonal), n, k))
 
     def layer(state, l):
       grams = jnp.einsum("sni,snj->sij", state, state)
       record = jax.vmap(lambda g: _estimates(g, n))(grams)
-      k_z, k_b, k_d = jax.random.split(jax.random.fold_in(k_layers, l), 3)
-      z = jax.random.normal(k_z, (n, k), jnp.float32).astype(jnp.float64)
+      draws = _normal(jax.random.fold_in(k_layers, l), (n, k + 2))
+      z, bias, free = draws[:, :k], draws[:, k], draws[:, k + 1]
       frame = _lower_inverse(_psd_cholesky(z.T @ z)).T      # z @ frame is Haar on the Stiefel
       roots = jax.vmap(_psd_cholesky)(grams)                # (S, k, k) lower: X = Q roots^T
       mix = jnp.where(is_orth[:, None, None], frame[None], jnp.eye(k)[None])
       wx = jnp.einsum("ni,sij,skj->snk", z, mix, roots) * scale[:, None, None]
-      h = wx[:, :, 0] + sigma_b * jax.random.normal(k_b, (n,), jnp.float64)[None]
-      free = act.derivative(jnp.sqrt(q) * jax.random.normal(k_d, (n,), jnp.float64))
+      h = wx[:, :, 0] + sigma_b * bias[None]
+      free = act.derivative(jnp.sqrt(q) * free)
       d = jnp.where(is_indep[:, None], free[None], act.derivative(h))
       return jnp.concatenate([act.fn(h)[:, :, None], d[:, :, None] * wx[:, :, 1:]], axis=2), record
 
@@ -518,7 +558,7 @@ class FiniteWidthConfig:
   weights: Tuple[str, ...] = LAWS
   widths: Tuple[int, ...] = (128, 250, 500, 1000, 2000)
   depths: Tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
-  num_networks: Tuple[int, ...] = (2048, 2048, 1024, 1024, 256)
+  num_networks: Tuple[int, ...] = (2048, 2048, 1024, 1024, 512)
   num_probes: int = 32
   control_widths: Tuple[int, ...] = (250,)
   reference: Tuple[int, ...] = (1000, 128, 3)
