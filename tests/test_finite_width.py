@@ -136,7 +136,7 @@ def test_forward_pass_constants_match_a_dense_network(law):
   """
   rng = np.random.default_rng(1)
   k = fw.layer_constants("tanh", Q_STAR, law)
-  per_network = _forward_statistics(law, n=100, batch=120, depth=45, burn=15, rng=rng)
+  per_network = _forward_statistics(law, n=100, batch=120, depth=35, burn=10, rng=rng)
   _, mean_q2, rho, alignment = per_network.T
   _within(mean_q2, k.n_var_q + k.n_mean_q**2 / 100, rel=0.05)
   _within(rho, k.rho, rel=0.05)
