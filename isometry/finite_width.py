@@ -640,7 +640,8 @@ def summarize(config: FiniteWidthConfig, weights: str, model: str, width: int,
     m1, m2, m11 = samples[:, i, 0], samples[:, i, 1], samples[:, i, 2]
     var = m2 - m11
     # Halves of the probes are independent given the network: (a - b)**2 / 4 estimates the probe
-    # variance of their average (exact for m_1's average; close for the U-statistic of var).
+    # variance of their average: exact for m_1, an overestimate for var (the full U-statistic
+    # also uses the pairs across halves). Only Var(m_1) is corrected with it.
     probe_m1 = float(np.mean(np.square(samples[:, i, 3] - samples[:, i, 5])) / 4)
     probe_var = float(np.mean(np.square(samples[:, i, 4] - samples[:, i, 6])) / 4)
     record = {

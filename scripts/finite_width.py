@@ -7,7 +7,7 @@ intervals over networks, and sets them against the infinite-width free-probabili
 exact product-of-independent-layers correction and the forward-pass correction derived in
 `isometry.finite_width`. Writes finite_width.json and finite_width.png into --out_dir.
 
-  python scripts/finite_width.py                        # the default study (~10 min on 2 cores)
+  python scripts/finite_width.py                        # the default study (4-6 min on 2 shared cores)
   python scripts/finite_width.py --quick --out_dir=/tmp/fw
   python scripts/finite_width.py --widths=250,1000 --num_networks=256,64 --overwrite
 
