@@ -5,7 +5,7 @@ Samples hundreds to thousands of networks per width (matrix-free: Gaussian probe
 the forward pass), records E[m_1] and E[var] of the squared singular values of J with 95%
 intervals over networks, and sets them against the infinite-width free-probability values, the
 exact product-of-independent-layers correction and the forward-pass correction derived in
-`isometry.finite_width`. Writes finite_width.json and finite_width.png into --out_dir.
+`isometry.theory.finite_width`. Writes finite_width.json and finite_width.png into --out_dir.
 
   python scripts/finite_width.py                        # the default study (4-6 min on 2 shared cores)
   python scripts/finite_width.py --quick --out_dir=/tmp/fw
@@ -13,14 +13,12 @@ exact product-of-independent-layers correction and the forward-pass correction d
 
 Bad flags exit with status 2 and a one-line message, before any work.
 """
-import os
+from isometry import cli  # first: the runtime settings, before numpy and jax load
 
-# One OpenBLAS thread: the study runs no LAPACK on large matrices, and threads would fight XLA's.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+from absl import flags, logging
 
-from absl import flags, logging  # noqa: E402
-
-from isometry import cli, finite_width, io  # noqa: E402
+from isometry.results import io
+from isometry.studies import finite_width
 
 FLAGS = flags.FLAGS
 cli.define_flags(finite_width.FiniteWidthConfig)

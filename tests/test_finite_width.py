@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from isometry import finite_width as fw
-from isometry import meanfield
+from isometry.studies import finite_width as study
+from isometry.theory import finite_width as fw
+from isometry.theory import meanfield
 
 Q_STAR = 1.0
 SIGMA_W, SIGMA_B = (float(v) for v in meanfield.critical_point("tanh", Q_STAR))
@@ -157,14 +158,14 @@ def test_constants_are_the_documented_ones():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
   out = tmp_path_factory.mktemp("finite_width")
-  return out, fw.run(fw.FiniteWidthConfig.quick(), str(out))
+  return out, study.run(study.FiniteWidthConfig.quick(), str(out))
 
 
 def test_quick_run_writes_json_and_figure(quick):
   out, result = quick
   saved = json.loads((out / "finite_width.json").read_text())
   assert (out / "finite_width.png").stat().st_size > 20_000
-  config = fw.FiniteWidthConfig.quick()
+  config = study.FiniteWidthConfig.quick()
   assert len(saved["cases"]) == len(config.depths) * 2 * 2    # two laws, two models
   for case in saved["cases"]:
     assert case["networks"] == config.num_networks[0]
@@ -177,7 +178,7 @@ def test_quick_run_writes_json_and_figure(quick):
 def test_sampler_matches_dense_networks(quick):
   """The frame-propagation sampler (same shapes as the quick run: no new compile) against dense
   width-24 networks; both are the same model, so only Monte-Carlo error separates them."""
-  config = fw.FiniteWidthConfig.quick()
+  config = study.FiniteWidthConfig.quick()
   states = [(w, m) for m in fw.MODELS for w in config.weights]
   count = 10 * config.chunk
   samples = fw.sample_moments(jax.random.key(7), "tanh", Q_STAR, 24, config.depths, count,
@@ -221,4 +222,4 @@ def test_psd_cholesky_and_inverse():
 ])
 def test_config_rejects(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    fw.FiniteWidthConfig(**kwargs)
+    study.FiniteWidthConfig(**kwargs)
