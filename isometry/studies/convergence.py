@@ -213,9 +213,10 @@ def train_deep_linear(params: dict, teacher, depth, lr0, steps: int) -> jax.Arra
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
 def _init_linear_members(init_index, member_seed, max_depth, width, out_dim, inits, seed):
-  # lax.map, not vmap: with jaxlib 0.10.2 on CPU the vmapped version of this init (batched QR
-  # beside Gaussian draws) intermittently never returned (every XLA worker idle, the caller
-  # waiting on the result); lax.map has not once in our runs, and init is a small cost.
+  # lax.map, not vmap: vmapped, the orthogonal init is one batched QR, and jaxlib >= 0.9.1's
+  # batched LAPACK calls on CPU can deadlock (every XLA worker idle, the caller waiting; the
+  # defect and its repro are in isometry.linalg). lax.map makes one QR per call, and init is a
+  # small cost.
   def one(args):
     index, s = args
     k_teacher, k_net = jax.random.split(_member_key(seed, s))
