@@ -18,9 +18,10 @@
       once every member has gone 10 epochs without a validation accuracy above its best so far),
       at most 200 epochs.
 
-Parts b and c also stop on a time budget (--budget_b_s, --budget_c_s; the JSON says which rule
-stopped them); a stopped run is then finished at the epochs it did, so it has test numbers.
-Those are the last epoch's, not the best epoch's (runs keep no parameters of earlier epochs).
+Parts b and c also stop on a time budget (--budget_b_s, --budget_c_s, each cut so that the
+suite ends within --total_s, 570 s by default; the JSON says which rule stopped them); a stopped
+run is then finished at the epochs it did, so it has test numbers. Those are the last epoch's,
+not the best epoch's (runs keep no parameters of earlier epochs).
 
 Writes to --out_dir (default results/gpu): suite.json (devices, jax version, wall time per
 part, each part's numbers; rewritten after each part), a_sweep_scaling.png,
@@ -29,11 +30,16 @@ b_learning_curves.png, c_learning_curves.png, and the training runs under a/, b/
 unless --overwrite.
 
 Data: --data_dir, a folder with the four Fashion-MNIST IDX files (plain or .gz), read offline;
-nothing here imports or downloads through TFDS. --smoke runs tiny sizes in about a minute on a
-CPU, on synthetic images (or on --data_dir's, subsampled). On a GPU machine:
+nothing here imports or downloads through TFDS. --smoke runs tiny sizes on synthetic images (or
+on --data_dir's, the first 256 of each split): about a minute on 2 CPU cores, two to three when
+other work loads them. Everything runs on what jax sees (JAX_PLATFORMS=cpu forces the CPU). On a
+GPU machine, from the repository root:
 
   PYTHONPATH=. python benchmarks/gpu_suite.py --data_dir=/path/to/fashion-mnist --out_dir=results/gpu
-  PYTHONPATH=. python benchmarks/gpu_suite.py --smoke --out_dir=/tmp/gpu_smoke     # a pre-flight check
+
+and before it, as a pre-flight check of a minute or so:
+
+  PYTHONPATH=. python benchmarks/gpu_suite.py --smoke --out_dir=/tmp/gpu_smoke
   PYTHONPATH=. python benchmarks/gpu_suite.py --parts=a --data_dir=... --out_dir=results/gpu_a
 """
 import argparse
@@ -73,6 +79,8 @@ class Sizes:
       of a folder of images (smoke runs; synthetic images are used whole).
     max_epochs, patience: part c's early stopping.
     budget_b_s, budget_c_s: seconds parts b and c may take (`StopRule`).
+    total_s: seconds the suite may take: a part that starts late gets less than its budget
+      (part b leaves part c its budget). Part a is not cut; it is sized to take a minute or two.
   """
   ks: Tuple[int, ...] = (1, 8, TARGET_K)
   hidden: int = 128
@@ -88,11 +96,13 @@ class Sizes:
   patience: int = 10
   budget_b_s: float = 180.0
   budget_c_s: float = 210.0
+  total_s: float = 570.0
 
 
 FULL = Sizes()
 SMOKE = Sizes(ks=(1, 2), hidden=8, batch=8, iters=2, repeats=2, width=16, depth=4, epochs=2,
-              folder_examples=256, max_epochs=5, patience=2, budget_b_s=120.0, budget_c_s=120.0)
+              folder_examples=256, max_epochs=5, patience=2, budget_b_s=120.0, budget_c_s=120.0,
+              total_s=600.0)
 
 
 def log(message: str) -> None:
@@ -230,7 +240,8 @@ def scaling_figure(result: dict):
 def part_a(sizes: Sizes, out_dir: str, device: dict) -> dict:
   argv = ["--ks", ",".join(map(str, sizes.ks)), "--hidden", str(sizes.hidden),
           "--batch", str(sizes.batch), "--iters", str(sizes.iters),
-          "--repeats", str(sizes.repeats), "--out", os.path.join(out_dir, "a", "sweep_scaling.json")]
+          "--repeats", str(sizes.repeats),
+          "--out", os.path.join(out_dir, "a", "sweep_scaling.json")]
   log(f"part a: sweep_scaling.py {' '.join(argv)}")
   scaling = sweep_scaling.main(argv)
   keep = ("K", "vmapped_steps_per_s", "separate_steps_per_s", "ratio", "ratio_with_measurement",
@@ -277,15 +288,16 @@ def b_train_configs(study) -> dict:
   return configs
 
 
-def part_b(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str,
-           overwrite: bool) -> dict:
+def part_b(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str, overwrite: bool,
+           deadline: float) -> dict:
   from isometry.studies import accuracy
   from isometry.studies import harness
   start = time.perf_counter()
   study = accuracy_config(sizes, data_dir, smoke)
   specs = [s for s in accuracy.init_specs(study) if s["name"] in B_INITS]
   dataset = first_examples(accuracy.load_data(study), sizes, study.synthetic)
-  log(f"part b: {len(dataset.train_x)} train / {len(dataset.val_x)} val / "
+  train_size = min(len(dataset.train_x), study.max_train_examples or len(dataset.train_x))
+  log(f"part b: {train_size} train / {len(dataset.val_x)} val / "
       f"{len(dataset.test_x)} test images; inits " + ", ".join(
           f"{s['name']} sigma_w={s['sigma_w']:.4f} chi={s['chi']:.4f}" for s in specs))
   sweeps, runs, epochs = {}, {}, study.epochs
@@ -293,7 +305,7 @@ def part_b(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str,
   for activation, share in (("tanh", TANH_SHARE), ("relu", 1.0)):
     config = dataclasses.replace(b_train_configs(study)[activation], epochs=epochs)
     name = accuracy.run_name(activation, sizes.depth)
-    rule = StopRule(f"b/{name}", start + share * sizes.budget_b_s, max_epochs=epochs)
+    rule = StopRule(f"b/{name}", start + share * (deadline - start), max_epochs=epochs)
     sweeps[activation] = train_until(config, os.path.join(out_dir, "b", name), dataset, rule,
                                      overwrite)
     epochs = sweeps[activation].config.epochs
@@ -308,8 +320,6 @@ def part_b(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str,
     for other in ("gaussian_critical", "relu_he"):
       comparisons[f"{metric}: orthogonal_critical - {other}"] = harness.compare(
           by_init["orthogonal_critical"][0][metric], by_init[other][0][metric])
-  train_size = (len(dataset.train_x) if study.max_train_examples is None
-                else min(study.max_train_examples, len(dataset.train_x)))
   label = "synthetic (learnable)" if study.synthetic else study.dataset
   result = {"config": dataclasses.asdict(study), "inits": specs, "depths": [sizes.depth],
             "by_init": by_init, "comparisons": comparisons, "runs": runs,
@@ -334,17 +344,18 @@ def benefit_config(sizes: Sizes, data_dir: Optional[str], smoke: bool):
   return (benefit.StudyConfig.quick if smoke else benefit.StudyConfig)(**overrides)
 
 
-def part_c(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str,
-           overwrite: bool) -> dict:
+def part_c(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str, overwrite: bool,
+           deadline: float) -> dict:
   from isometry.studies import benefit
   start = time.perf_counter()
   study = benefit_config(sizes, data_dir, smoke)
   config = benefit.rnn_train_config(study, "pixel")
   dataset = first_examples(benefit.load_data(study), sizes, study.synthetic)
+  train_size = min(len(dataset.train_x), config.max_train_examples or len(dataset.train_x))
   log(f"part c: {len(config.members)} pixel RNN members (hidden {config.hidden}), "
-      f"{len(dataset.train_x)} train / {len(dataset.val_x)} val images, at most "
+      f"{train_size} train / {len(dataset.val_x)} val images, at most "
       f"{study.epochs} epochs, patience {sizes.patience}")
-  rule = StopRule("c/rnn_pixel", start + sizes.budget_c_s, patience=sizes.patience,
+  rule = StopRule("c/rnn_pixel", deadline, patience=sizes.patience,
                   max_epochs=study.epochs)
   sweep = train_until(config, os.path.join(out_dir, "c", "rnn_pixel"), dataset, rule, overwrite)
   trained = dataclasses.replace(study, epochs=sweep.config.epochs)
@@ -357,7 +368,7 @@ def part_c(sizes: Sizes, data_dir: Optional[str], smoke: bool, out_dir: str,
   result["early_stopping"] = {
       "rule": "stop once every member has gone `patience` epochs without a validation "
               "accuracy strictly above its best so far; test numbers are the last epoch's",
-      "patience": sizes.patience, "max_epochs": study.epochs, "budget_s": sizes.budget_c_s,
+      "patience": sizes.patience, "max_epochs": study.epochs, "budget_s": deadline - start,
       "stopped_by": rule.stopped_by(), "epochs_done": sweep.config.epochs, "members": members}
   result["seconds"] = {"run": sweep.seconds, "epoch_seconds": sweep.status["epoch_seconds"],
                        "steps_per_epoch": sweep.status["steps_per_epoch"]}
@@ -391,6 +402,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--patience", type=int, default=None, help="part c's early-stopping patience")
   p.add_argument("--budget_b_s", type=float, default=None, help="seconds part b may take")
   p.add_argument("--budget_c_s", type=float, default=None, help="seconds part c may take")
+  p.add_argument("--total_s", type=float, default=None, help="seconds the suite may take")
   a = p.parse_args(argv)
   parts = [x.strip() for x in a.parts.split(",") if x.strip()]
   if not parts or any(x not in PARTS for x in parts) or len(set(parts)) != len(parts):
@@ -403,7 +415,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"--data_dir {a.data_dir!r} does not hold the four Fashion-MNIST IDX files")
   base = SMOKE if a.smoke else FULL
   changes = {k: v for k, v in (("patience", a.patience), ("budget_b_s", a.budget_b_s),
-                               ("budget_c_s", a.budget_c_s)) if v is not None}
+                               ("budget_c_s", a.budget_c_s), ("total_s", a.total_s))
+             if v is not None}
   if any(v <= 0 for v in changes.values()):
     p.error(f"--{next(k for k, v in changes.items() if v <= 0)} must be > 0")
   a.sizes = dataclasses.replace(base, **changes)
@@ -433,9 +446,15 @@ def main(argv=None) -> dict:
            "machine": common.machine_info(), "load_at_start": common.load_average(),
            "data": {"data_dir": a.data_dir, "synthetic": a.data_dir is None}, "wall_s": {}}
   path = os.path.join(a.out_dir, SUMMARY)
-  run_part = {"a": lambda: part_a(a.sizes, a.out_dir, device),
-              "b": lambda: part_b(a.sizes, a.data_dir, a.smoke, a.out_dir, a.overwrite),
-              "c": lambda: part_c(a.sizes, a.data_dir, a.smoke, a.out_dir, a.overwrite)}
+  end = start + a.sizes.total_s
+  later_c = a.sizes.budget_c_s if "c" in a.parts else 0.0
+  # Deadlines computed when a part starts, from its budget and the suite's end.
+  run_part = {
+      "a": lambda: part_a(a.sizes, a.out_dir, device),
+      "b": lambda: part_b(a.sizes, a.data_dir, a.smoke, a.out_dir, a.overwrite, min(
+          time.perf_counter() + a.sizes.budget_b_s, end - later_c)),
+      "c": lambda: part_c(a.sizes, a.data_dir, a.smoke, a.out_dir, a.overwrite, min(
+          time.perf_counter() + a.sizes.budget_c_s, end))}
   try:
     for part in a.parts:
       log(f"part {part}: start")

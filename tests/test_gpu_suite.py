@@ -150,11 +150,14 @@ def _check_part_c(c):
   for m in members:
     assert 1 <= m["best_epoch"] <= stop["epochs_done"]
     assert _finite(m["best_val_accuracy"], 0.0, 1.0) and _finite(m["test_accuracy"], 0.0, 1.0)
-  # The rule that ended the run must hold.
+  # The rule that ended the run must hold (a budget stop only on a machine loaded far beyond
+  # what the smoke's 120 s allow for).
   if stop["stopped_by"] == "patience":
     assert all(stop["epochs_done"] - m["best_epoch"] >= sizes.patience for m in members)
+  elif stop["stopped_by"] == "max_epochs":
+    assert stop["epochs_done"] == sizes.max_epochs
   else:
-    assert stop["stopped_by"] == "max_epochs" and stop["epochs_done"] == sizes.max_epochs
+    assert stop["stopped_by"] == "budget" and stop["epochs_done"] < sizes.max_epochs
   pixel = c["tasks"]["pixel"]
   assert pixel["time_steps"] == 36  # the 6 x 6 synthetic images, pixel by pixel
   assert len(pixel["curves"]["with_penalty"]["val_accuracy_mean"]) == stop["epochs_done"] + 1
