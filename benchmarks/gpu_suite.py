@@ -156,11 +156,12 @@ class StopRule:
       self.reason = "patience"
     elif not last and now + next_epoch_s > self.deadline:
       self.reason = "budget"
+    still = (f"{int(rising.sum())}/{len(rising)} members still rising, "
+             if self.patience is not None else "")
+    stop = f"; stop: {self.reason}" if self.reason else ""
     log(f"{self.name} epoch {epoch}: val accuracy mean {np.nanmean(accuracy):.4f} "
-        f"(min {np.nanmin(accuracy):.4f}, max {np.nanmax(accuracy):.4f}), "
-        f"{int(rising.sum())}/{len(rising)} members still rising, "
-        f"{self.deadline - now:.0f} s of budget left" + (f"; stop: {self.reason}"
-                                                         if self.reason else ""))
+        f"(min {np.nanmin(accuracy):.4f}, max {np.nanmax(accuracy):.4f}), {still}"
+        f"{self.deadline - now:.0f} s of budget left{stop}")
     return self.reason is not None
 
   def stopped_by(self) -> str:
