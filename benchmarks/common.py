@@ -139,3 +139,16 @@ def matmul_rates(sizes: Sequence[int] = (128, 2048), chain: int = 2000, repeats:
                          "us_per_product": round(seconds * 1e6, 2), "how": kind,
                          "dtype": dtype}
   return rates
+
+
+def device_info() -> dict:
+  """What jax runs on: backend, devices and their kind, jax and jaxlib versions, and the default
+  matmul precision (None: the backend's own default, which on recent NVIDIA GPUs may use TF32
+  for float32 products)."""
+  import jax
+  import jaxlib
+  devices = jax.devices()
+  return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind,
+          "device_count": len(devices), "devices": [str(d) for d in devices],
+          "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "matmul_precision": jax.config.jax_default_matmul_precision}
