@@ -173,8 +173,9 @@ def monitor_series(member: dict) -> dict:
 
 def plot_monitor(metrics: dict, path: str) -> None:
   """Per member (one row): the Jacobian's spectrum summary per epoch (left, log scale; an
-  isometric Jacobian has mean 1 and variance 0) and the tracked kernel's singular values
-  (right, dashed line: the member's gain)."""
+  isometric Jacobian has mean 1 and variance 0; bands of 2 standard errors, cut at a tenth of
+  the value so that they stay on the log axis) and the tracked kernel's singular values (right,
+  dashed line: the member's gain)."""
   plt = plots.pyplot()
   members = metrics["members"][:MONITOR_MEMBERS]
   fig, axes = plt.subplots(len(members), 2, figsize=(10, 2.8 * len(members)), squeeze=False)

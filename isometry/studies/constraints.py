@@ -288,8 +288,13 @@ def plot_singular_values(summary: dict):
       ax.axhline(hi, color="k", lw=0.6)
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
-  for ax in axes[-1]:
-    ax.set_xlabel("epoch (0 = init)")
+  for column in range(cols):
+    # The lowest panel in use of each column carries the epoch axis (the row below may be
+    # partly empty, and sharex hides the tick labels of all but the last row).
+    lowest = axes[(len(arms) - 1 - column) // cols, column] if column < len(arms) else None
+    if lowest is not None:
+      lowest.xaxis.set_tick_params(labelbottom=True)
+      lowest.set_xlabel("epoch (0 = init)")
   for ax in axes[:, 0]:
     ax.set_ylabel("singular value of W")
   axes.flat[0].legend(fontsize=7)
