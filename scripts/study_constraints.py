@@ -2,11 +2,11 @@
 """Study D: can a hard orthogonality constraint hurt? (Vorontsov et al. 2017)
 
 Trains a vanilla tanh RNN on row-by-row images under each arm: no constraint ("none"), the soft
-penalty ("soft"), the hard constraints ("projection", "cayley", "expm") and the spectral margin
-m for each of --margins; seeds are vmapped members of one program per arm. Writes study.json
-(accuracies with 95% CIs, paired differences to "none", wall times, singular-value trajectories)
-and D_accuracy.png, D_singular_values.png, D_val_curves.png to --out_dir
-(see isometry/studies/constraints.py). Each arm trains in its own folder, so running the
+penalty ("soft"), the hard constraints ("projection", "cayley", "expm", "riemannian_adam") and
+the spectral margin m for each of --margins; seeds are vmapped members of one program per arm.
+Writes study.json (accuracies with 95% CIs, paired differences to "none", wall times,
+singular-value trajectories) and D_accuracy.png, D_singular_values.png, D_val_curves.png to
+--out_dir (see isometry/studies/constraints.py). Each arm trains in its own folder, so running the
 command again continues an interrupted study; a finished one is replaced only with --overwrite.
 
   python scripts/study_constraints.py                          # the committed default

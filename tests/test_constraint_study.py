@@ -15,11 +15,13 @@ from isometry.studies import harness
 def test_arms_map_to_their_constraint_and_penalty():
   config = cs.StudyConfig(seeds=3, reg_strength=0.05, gain=1.1, synthetic=True)
   names = cs.arm_names(config)
-  assert names == ("none", "soft", "projection", "cayley", "expm", "margin0", "margin0.01",
-                   "margin0.1", "margin1")
+  assert names == ("none", "soft", "projection", "cayley", "expm", "riemannian_adam", "margin0",
+                   "margin0.01", "margin0.1", "margin1")
   expected = {"none": ("none", "none", 0.0), "soft": ("none", "so", 0.05),
               "projection": ("projection", "none", 0.0), "cayley": ("cayley", "none", 0.0),
-              "expm": ("expm", "none", 0.0), "margin0.1": ("margin", "none", 0.0),
+              "expm": ("expm", "none", 0.0),
+              "riemannian_adam": ("riemannian_adam", "none", 0.0),
+              "margin0.1": ("margin", "none", 0.0),
               "margin1": ("margin", "none", 0.0)}
   for arm, (constraint, regularizer, reg) in expected.items():
     c = cs.arm_train_config(config, arm)
@@ -30,6 +32,10 @@ def test_arms_map_to_their_constraint_and_penalty():
   assert cs.arm_train_config(config, "margin0.01").margin == 0.01
   assert cs.arm_train_config(config, "margin1").margin == 1.0
   assert cs.band(config, "expm") == (1.1, 1.1)
+  assert cs.band(config, "riemannian_adam") == (1.1, 1.1)
+  # The Riemannian arm replaces Adam for W with Cayley ADAM at the members' Adam rate.
+  radam = cs.arm_train_config(config, "riemannian_adam")
+  assert radam.optimizer == "adam" and all(m.lr == config.lr for m in radam.members)
   assert cs.band(config, "margin0.1") == pytest.approx((0.99, 1.21))
   assert cs.band(config, "soft") == (0.0, float("inf"))
 
@@ -100,12 +106,14 @@ def test_paired_comparisons_to_none_use_the_seeds_values():
 
 def test_quick_run_keeps_the_constraints(tmp_path):
   out = tmp_path / "d"
-  config = cs.StudyConfig.quick(arms=("none", "projection", "cayley", "expm"), margins=(0, 0.1))
+  config = cs.StudyConfig.quick(arms=("none", "projection", "cayley", "expm", "riemannian_adam"),
+                                margins=(0, 0.1))
   returned = cs.run(config, str(out))
   study = io.read_json(out / "study.json")
   assert study["arms"].keys() == returned["arms"].keys()
   arms = study["arms"]
-  assert list(arms) == ["none", "projection", "cayley", "expm", "margin0", "margin0.1"]
+  assert list(arms) == ["none", "projection", "cayley", "expm", "riemannian_adam", "margin0",
+                        "margin0.1"]
   gain = study["config"]["gain"]
   for name, entry in arms.items():
     for metric in cs.METRICS:
@@ -123,6 +131,7 @@ def test_quick_run_keeps_the_constraints(tmp_path):
     assert max(sv["max_over_seeds"]) <= hi + 1e-5 * gain, name
   # m = 0.1 is loose enough that training reaches the band's edge (clipping is active).
   assert max(arms["margin0.1"]["singular_values"]["max_over_seeds"]) > gain * 1.05
-  assert set(study["paired_vs_none"]) == {"projection", "cayley", "expm", "margin0", "margin0.1"}
+  assert set(study["paired_vs_none"]) == {"projection", "cayley", "expm", "riemannian_adam",
+                                          "margin0", "margin0.1"}
   for name in ("D_accuracy.png", "D_singular_values.png", "D_val_curves.png"):
     assert os.path.getsize(out / name) > 1000

@@ -7,7 +7,12 @@
                        mean over seeds with a 95% t-interval band (Fig. 8).
   gradients.png        RNN: ||dL/dh_t|| against t at init and after the last epoch; MLP:
                        ||dL/dh_l|| against layer l; mean over seeds, log scale.
-Members are grouped into configurations by `config.label`. Nothing calls plt.show().
+  monitor.png          only for runs with the isometry monitor on (`monitor_probes` > 0): per
+                       member, the mean and variance of the squared singular values of its own
+                       Jacobian per epoch (+- 2 standard errors of the probes), next to the
+                       tracked kernel's singular values (min, mean +- std, max).
+Members are grouped into configurations by `config.label` (monitor.png: one row per member, at
+most MONITOR_MEMBERS). Nothing calls plt.show().
 """
 import os
 
@@ -138,12 +143,85 @@ def plot_gradients(metrics: dict, path: str) -> None:
   io.save_figure(fig, path)
 
 
+# monitor.png shows at most this many members (the first ones), one row each.
+MONITOR_MEMBERS = 8
+
+
+def has_monitor(metrics: dict) -> bool:
+  """Whether the run recorded the isometry monitor (every member, at init)."""
+  return bool(metrics["members"]) and all("jacobian" in m["initial"] for m in metrics["members"])
+
+
+def monitor_series(member: dict) -> dict:
+  """One member's monitor and kernel spectrum per epoch (0 = init), as float arrays (E + 1,).
+
+  Returns:
+    {"epoch", "mean", "mean_se", "variance", "variance_se"}: the isometry monitor, the mean and
+    variance of the squared singular values of the member's Jacobian and their standard errors
+    (None -> NaN); {"sv_min", "sv_mean", "sv_std", "sv_max"}: the tracked kernel's singular
+    values.
+  """
+  entries = [member["initial"]] + member["epochs"]
+  series = {"epoch": np.arange(len(entries), dtype=np.float64)}
+  for key in ("mean", "mean_se", "variance", "variance_se"):
+    series[key] = np.array([np.nan if e["jacobian"][key] is None else e["jacobian"][key]
+                            for e in entries], np.float64)
+  for stat in ("min", "mean", "std", "max"):
+    series[f"sv_{stat}"] = np.array([e["singular_values"][stat] for e in entries], np.float64)
+  return series
+
+
+def plot_monitor(metrics: dict, path: str) -> None:
+  """Per member (one row): the Jacobian's spectrum summary per epoch (left, log scale; an
+  isometric Jacobian has mean 1 and variance 0; bands of 2 standard errors, cut at a tenth of
+  the value so that they stay on the log axis) and the tracked kernel's singular values (right,
+  dashed line: the member's gain)."""
+  plt = plots.pyplot()
+  members = metrics["members"][:MONITOR_MEMBERS]
+  fig, axes = plt.subplots(len(members), 2, figsize=(10, 2.8 * len(members)), squeeze=False)
+  for (left, right), member in zip(axes, members):
+    s = monitor_series(member)
+    for key, color, label in (("mean", "tab:blue", "mean of $\\sigma^2$"),
+                              ("variance", "tab:red", "variance of $\\sigma^2$")):
+      low = np.maximum(s[key] - 2 * s[f"{key}_se"], s[key] / 10)   # keep the band positive
+      left.fill_between(s["epoch"], low, s[key] + 2 * s[f"{key}_se"], color=color, alpha=0.2)
+      left.plot(s["epoch"], s[key], "o-", ms=3, color=color, label=label)
+    left.axhline(1.0, color="black", linestyle="--", alpha=0.3)
+    left.set_yscale("log")
+    config = member["config"]
+    left.set_title(f"{config['label']} seed {config['seed']}: Jacobian "
+                   "(band: 2 standard errors)", fontsize=9)
+    right.fill_between(s["epoch"], s["sv_mean"] - s["sv_std"], s["sv_mean"] + s["sv_std"],
+                       color="tab:orange", alpha=0.5, label="mean $\\pm$ std")
+    right.plot(s["epoch"], s["sv_max"], color="tab:red", label="max")
+    right.plot(s["epoch"], s["sv_mean"], color="tab:blue", label="mean")
+    right.plot(s["epoch"], s["sv_min"], color="tab:green", label="min")
+    right.axhline(config["gain"], color="black", linestyle="--", alpha=0.3)
+    right.set_title("kernel singular values", fontsize=9)
+    for ax in (left, right):
+      ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+  axes[-1, 0].set_xlabel("epoch (0 = init)")
+  axes[-1, 1].set_xlabel("epoch (0 = init)")
+  axes[0, 0].legend(fontsize=7, loc="best")
+  axes[0, 1].legend(fontsize=7, loc="best")
+  shown = len(members)
+  total = len(metrics["members"])
+  fig.suptitle(f"isometry monitor: squared singular values of each member's Jacobian "
+               f"({shown} of {total} members)", fontsize=10)
+  fig.tight_layout()
+  io.save_figure(fig, path)
+
+
 def plot_run(out_dir: str) -> list:
-  """Writes the run's figures next to its metrics.json; returns their paths."""
+  """Writes the run's figures next to its metrics.json (monitor.png only where the run has the
+  monitor); returns their paths."""
   metrics = io.read_json(os.path.join(out_dir, "metrics.json"))
+  figures = [("singular_values.png", plot_singular_values), ("curves.png", plot_curves),
+             ("gradients.png", plot_gradients)]
+  if has_monitor(metrics):
+    figures.append(("monitor.png", plot_monitor))
   paths = []
-  for name, plot in (("singular_values.png", plot_singular_values),
-                     ("curves.png", plot_curves), ("gradients.png", plot_gradients)):
+  for name, plot in figures:
     path = os.path.join(out_dir, name)
     plot(metrics, path)
     paths.append(path)

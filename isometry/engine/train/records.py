@@ -25,7 +25,7 @@ CHECKPOINT = "checkpoint.npz"
 
 # Every file a run writes into its out_dir (figures from `isometry.results.training_plots`).
 RUN_FILES = ("config.json", "status.json", "metrics.json", "spectra.npz", CHECKPOINT,
-             "singular_values.png", "curves.png", "gradients.png")
+             "singular_values.png", "curves.png", "gradients.png", "monitor.png")
 
 
 # A live run holds an exclusive flock on this file; a run whose status.json says "running" but
