@@ -27,6 +27,9 @@ programs rather than one depth-masked stack: a masked stack spends the deepest n
 on every member, which for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members
 of a seed share their batch order; within one sweep, inits of a seed also share their PRNG key.
 
+The answer is read from paired differences of test accuracy (`paired_comparisons`: the
+isometric init against every other init per depth, and its depth steps, Holm-adjusted together).
+
 `run(config, out_dir)` writes study.json, C1_accuracy_vs_depth.png and C2_learning_curves.png.
 """
 import dataclasses

@@ -17,7 +17,8 @@ order) trained without it. It is measured along two axes:
 
 Per depth / task and metric (test accuracy after the last epoch, best validation accuracy over
 epochs) the study reports the per-seed accuracies with and without the penalty, their paired
-differences and the mean difference with its 95% Student-t interval (`isometry.results.stats.mean_ci`),
+differences and the mean difference with its 95% Student-t interval (`isometry.results.stats.mean_ci`)
+and paired t-test, Holm-adjusted over every depth, task and metric (HOLM_FAMILY),
 plus how far the penalized matrices ended from orthogonal (max |s_i / g - 1| over their singular
 values), which shows whether the penalty did anything at all.
 

@@ -20,9 +20,9 @@ Each arm is one `isometry.engine.train` sweep (its seeds are vmapped members of 
 in out_dir/<arm>/, run by `harness.run_sweeps` (running again continues an interrupted study).
 Per arm the study reports, over seeds, the best validation accuracy over epochs and the test
 accuracy after the last epoch, mean +- 95% CI (Student t), the paired difference to "none" (same
-seed: same init and batch order), the wall time per epoch and per step (first epoch, which
-compiles, reported apart), and the trajectory of the recurrent kernel's singular values over
-epochs (epoch 0 = init).
+seed: same init and batch order; Holm-adjusted over every arm and metric, HOLM_FAMILY), the
+wall time per epoch and per step (first epoch, which compiles, reported apart), and the
+trajectory of the recurrent kernel's singular values over epochs (epoch 0 = init).
 
 `run(config, out_dir)` writes study.json, D_accuracy.png, D_singular_values.png and
 D_val_curves.png. The committed default (9 arms x 5 seeds, 12 epochs of 62 steps) took

@@ -17,7 +17,8 @@ h_l, sweep sigma_w across chi = 1 (vmap over sigma_w inside one jit), and fit pe
 
     log ratio_l = a + s (L - l),   ratio_l = mean_b ||dL/dh_l^b||^2 / mean_b ||dL/dh_L^b||^2,
 
-whose slope s mean field predicts to be log chi. Fluctuations: the log-gain of one input over
+whose slope s mean field predicts to be log chi (tested per sigma_w over the networks, Holm-adjusted
+over the distinct tests: `with_slope_tests`). Fluctuations: the log-gain of one input over
 the whole depth, log(||dL/dh_1^b||^2 / ||dL/dh_L^b||^2); for linear networks it is exactly
 2 (L - 1) log sigma_w with orthogonal weights and a sum of L - 1 independent
 log(sigma_w^2 chi^2_N / N) terms with Gaussian ones (see `linear_gaussian_log_gain`).

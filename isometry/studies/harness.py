@@ -11,7 +11,11 @@ with the config checks below; the harness does the rest, once for all of them:
       return None
     test = sweeps["soft"].per_seed("test_accuracy", label="soft")    # (seeds,), NaN = missing
     difference = compare(test, sweeps["none"].per_seed("test_accuracy", label="none"))
+    family = compare_family({"soft": (test, none), ...})   # the same, with Holm's p_holm
     save(out_dir, "study.json", summary, figures)          # the summary last: the study is done
+
+A finished study's summary gains a statistic of its stored per-seed values without retraining
+through `resummarize(out_dir, "study.json", update)`.
 
 Every sweep trains in its own folder out_dir/<name>/. Running the study again continues where it
 stopped: a finished sweep of the same config is read back, an interrupted one resumes from its

@@ -18,7 +18,8 @@ regularized configurations of each preset (the baselines do not depend on the fo
 Per configuration it reports the best validation accuracy over epochs and the final test
 accuracy, mean +- 95% CI (Student t over seeds), and per (formula, preset, strength) the paired
 difference adjusted - unadjusted (same seed: same init and batch order), with its CI, a paired
-t-test and the count of seeds where adjusted wins. The claim is confirmed for a comparison when
+t-test, Holm's adjustment over the family of every cell and metric (HOLM_FAMILIES) and the count
+of seeds where adjusted wins. The claim is confirmed for a comparison when
 the CI of the mean paired difference lies above 0, refuted when it lies below, and not supported
 when it covers 0; "pooled" averages, per seed, the differences over presets and strengths (the
 seed is the independent unit: cells with one seed share its init and batch order).
