@@ -88,6 +88,30 @@ def test_summarize():
   assert s["test_accuracy_ci95"] == pytest.approx(12.7062 * 0.1 / np.sqrt(2) / np.sqrt(2), rel=1e-4)
 
 
+def test_paired_comparisons_are_the_named_family_with_holm():
+  # Two depths, two inits: orthogonal_critical - gaussian_critical at depths 2 and 8, and
+  # orthogonal_critical at 8 - at 2: m = 3, every difference paired by seed.
+  base = np.array([0.80, 0.81, 0.79, 0.82])
+  by_init = {
+      "orthogonal_critical": [{"depth": 8, "test_accuracy": list(base + 0.03)},
+                              {"depth": 2, "test_accuracy": list(base)}],
+      "gaussian_critical": [{"depth": 8, "test_accuracy": list(base + [0, 0.01, 0.02, 0.01])},
+                            {"depth": 2, "test_accuracy": list(base + [0.01, -0.02, 0.0, 0.0])}]}
+  rows = acc.paired_comparisons(by_init)
+  assert [(r["a"], r["b"]) for r in rows] == [
+      ({"init": "orthogonal_critical", "depth": 2}, {"init": "gaussian_critical", "depth": 2}),
+      ({"init": "orthogonal_critical", "depth": 8}, {"init": "gaussian_critical", "depth": 8}),
+      ({"init": "orthogonal_critical", "depth": 8}, {"init": "orthogonal_critical", "depth": 2})]
+  np.testing.assert_allclose(rows[1]["differences"], [0.03, 0.02, 0.01, 0.02], atol=1e-12)
+  # Depth 8 - depth 2 is the constant 0.03: no t-test, so it is not in the family (m = 2).
+  assert np.isnan(rows[2]["p_value"]) and np.isnan(rows[2]["p_holm"])
+  p2, p8 = rows[0]["p_value"], rows[1]["p_value"]
+  assert p8 < p2
+  assert rows[1]["p_holm"] == pytest.approx(2 * p8, rel=1e-12)
+  assert rows[0]["p_holm"] == pytest.approx(min(1.0, max(2 * p8, p2)), rel=1e-12)
+  assert {r["family_size"] for r in rows} == {2}
+
+
 def test_quick_run(tmp_path):
   out = tmp_path / "c"
   acc.run(acc.StudyConfig.quick(), str(out))

@@ -6,14 +6,23 @@ import numpy as np
 import pytest
 
 from isometry.results import io
+from isometry.results import stats
 from isometry.studies import benefit as bs
 from isometry.studies import harness
+
+
+def _arm(with_penalty, without_penalty):
+  """A study.json depth / task entry with the per-seed accuracies (both metrics alike)."""
+  return {"with_penalty": {m: stats.interval(with_penalty) for m in bs.METRICS},
+          "without_penalty": {m: stats.interval(without_penalty) for m in bs.METRICS},
+          "difference": {}}
 
 
 def test_paired_difference_matches_hand_computation():
   with_penalty = np.array([0.52, 0.55, 0.50, np.nan, 0.58])
   without = np.array([0.50, 0.51, 0.51, 0.40, 0.53])
-  result = bs.paired_difference(with_penalty, without)
+  summary = bs.with_differences({"depths": {"2": _arm(with_penalty, without)}, "tasks": {}})
+  result = summary["depths"]["2"]["difference"]["test_accuracy"]
   d = np.array([0.02, 0.04, -0.01, 0.05])  # The NaN seed is dropped with its partner.
   # t_{0.975, 3} = 3.182446305284263 (scipy.stats.t.ppf(0.975, 3)); s = std(d, ddof=1).
   half = 3.182446305284263 * np.std(d, ddof=1) / np.sqrt(4)
@@ -24,11 +33,37 @@ def test_paired_difference_matches_hand_computation():
   assert result["ci95"] == pytest.approx(half, rel=1e-9)
   # Paired t = mean / (s / 2) = 0.025 / (0.0264575 / 2) = 1.88982, two-sided p with 3 dof.
   assert result["p_value"] == pytest.approx(0.155182, abs=1e-6)
+  # A family of two (the same test in both metrics): Holm gives min(1, 2 p) to both.
+  assert result["p_holm"] == pytest.approx(2 * 0.155182, abs=2e-6)
+  assert result["family_size"] == 2
+
+
+def test_holm_runs_over_every_depth_task_and_metric():
+  base = np.array([0.80, 0.81, 0.79, 0.82, 0.80])
+  summary = {"depths": {"2": _arm(base + [0.05, 0.06, 0.05, 0.07, 0.06], base),
+                        "8": _arm(base + [0.01, -0.02, 0.03, 0.00, 0.01], base)},
+             "tasks": {"row": _arm(base + [0.02, 0.00, 0.03, 0.01, 0.02], base)},
+             "seconds": 1.0}
+  new = bs.with_differences(summary)
+  p = {arm: new[g][arm]["difference"]["test_accuracy"]["p_value"]
+       for g, arm in (("depths", "2"), ("depths", "8"), ("tasks", "row"))}
+  assert p["2"] < p["row"] < p["8"]
+  # m = 6 (3 arms x 2 metrics with equal p in both): sorted p, p, q, q, r, r.
+  holm = {"2": 6 * p["2"]}
+  holm["row"] = max(holm["2"], 4 * p["row"])
+  holm["8"] = min(1.0, max(holm["row"], 2 * p["8"]))
+  for g, arm in (("depths", "2"), ("depths", "8"), ("tasks", "row")):
+    for metric in bs.METRICS:
+      d = new[g][arm]["difference"][metric]
+      assert d["family_size"] == 6 and d["p_holm"] == pytest.approx(holm[arm], rel=1e-12)
+  # Nothing else changes, and the input is not modified.
+  assert new["seconds"] == 1.0 and summary["depths"]["2"]["difference"] == {}
+  assert new["depths"]["2"]["with_penalty"] == summary["depths"]["2"]["with_penalty"]
 
 
 def test_paired_difference_rejects_unpaired_shapes():
   with pytest.raises(ValueError, match="seeds"):
-    bs.paired_difference(np.zeros(3), np.zeros(4))
+    bs.with_differences({"depths": {"2": _arm(np.zeros(3), np.zeros(4))}, "tasks": {}})
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -104,6 +104,24 @@ def test_paired_comparisons_to_none_use_the_seeds_values():
   assert cs.compare_to_baseline({"soft": arms["soft"]}) == {}
 
 
+def test_holm_runs_over_every_arm_and_metric():
+  base = [0.80, 0.81, 0.79, 0.82, 0.80]
+  shifts = {"soft": [0.01, -0.02, 0.03, 0.00, 0.01], "expm": [-0.05, -0.06, -0.05, -0.07, -0.06]}
+  arms = {"none": {m: {"values": base} for m in cs.METRICS}}
+  arms.update({arm: {m: {"values": list(np.add(base, shift))} for m in cs.METRICS}
+               for arm, shift in shifts.items()})
+  paired = cs.compare_to_baseline(arms)
+  p_soft = paired["soft"]["test_accuracy"]["p_value"]
+  p_expm = paired["expm"]["test_accuracy"]["p_value"]
+  assert p_expm < p_soft
+  # m = 4 (2 arms x 2 metrics, equal p in both metrics): 4 p_e, then max(4 p_e, 2 p_s).
+  for metric in cs.METRICS:
+    assert paired["expm"][metric]["p_holm"] == pytest.approx(4 * p_expm, rel=1e-12)
+    assert paired["soft"][metric]["p_holm"] == pytest.approx(
+        min(1.0, max(4 * p_expm, 2 * p_soft)), rel=1e-12)
+    assert paired["soft"][metric]["family_size"] == 4
+
+
 def test_quick_run_keeps_the_constraints(tmp_path):
   out = tmp_path / "d"
   config = cs.StudyConfig.quick(arms=("none", "projection", "cayley", "expm", "riemannian_adam"),

@@ -130,6 +130,37 @@ def test_log_slope_recovers_a_line():
   np.testing.assert_allclose(gs.log_slope(log_ratio), [0.3, -0.1], rtol=1e-12)
 
 
+def test_slope_tests_count_each_distinct_test_once_with_holm():
+  # Two activations, two sigma_w: tanh's slopes differ per sigma_w (two tests per weights),
+  # relu's are the same at both (one test), and linear-like exact slopes are not tested.
+  log_chi = [-0.1, 0.2]
+  offsets = np.array([0.004, 0.006, 0.005, 0.007])
+  tanh = {"orthogonal": np.stack([-0.1 + offsets, 0.2 + offsets / 100], axis=1),
+          "gaussian": np.stack([-0.1 - offsets / 2, 0.2 + np.array([0.01, -0.02, 0.0, 0.01])], axis=1)}
+  relu = {"orthogonal": np.stack([-0.1 + offsets[::-1] * 2, 0.2 + offsets[::-1] * 2], axis=1),
+          "gaussian": np.stack([np.full(4, -0.1), np.full(4, 0.2)], axis=1) + 1e-16}
+  mlp = {"cases": [{"activation": a, "log_chi": log_chi,
+                    "weights": {w: {"slope_per_seed": slopes.tolist()}
+                                for w, slopes in weights.items()}}
+                   for a, weights in (("tanh", tanh), ("relu", relu))], "seconds": 1.0}
+  tests = {(c["activation"], w): e["slope_vs_log_chi"]
+           for c in gs.with_slope_tests(mlp)["cases"] for w, e in c["weights"].items()}
+  assert [t["verdict"] for t in tests[("relu", "gaussian")]] == ["exact", "exact"]
+  assert tests[("relu", "orthogonal")][0] == tests[("relu", "orthogonal")][1]
+  assert tests[("tanh", "orthogonal")][0]["mean_difference"] == pytest.approx(0.0055)
+  p = np.array([tests[k][j]["p_value"] for k in (("tanh", "orthogonal"), ("tanh", "gaussian"))
+                for j in (0, 1)] + [tests[("relu", "orthogonal")][0]["p_value"]])
+  holm = np.array([tests[k][j]["p_holm"] for k in (("tanh", "orthogonal"), ("tanh", "gaussian"))
+                   for j in (0, 1)] + [tests[("relu", "orthogonal")][0]["p_holm"]])
+  # Holm by hand, m = 5.
+  expected, running = np.empty(5), 0.0
+  for i, k in enumerate(np.argsort(p)):
+    running = max(running, min(1.0, (5 - i) * p[k]))
+    expected[k] = running
+  np.testing.assert_allclose(holm, expected, rtol=1e-12)
+  assert tests[("tanh", "gaussian")][0]["family_size"] == 5
+
+
 def test_summarize_rnn_by_hand():
   def member(label, seed, init, last, acc):
     return {"config": {"label": label, "seed": seed}, "status": "done",

@@ -229,6 +229,53 @@ def test_compare_matches_scipy_and_ignores_missing_seeds():
   assert d["p_value"] == pytest.approx(scipy_stats.ttest_1samp(diff, 0.0).pvalue)
 
 
+def test_compare_family_adds_holm_by_hand():
+  # Paired differences with t-test p-values of clearly different sizes, and one constant
+  # difference (no p-value: left NaN and out of the family, so m = 3).
+  base = np.array([0.80, 0.81, 0.79, 0.82, 0.80])
+  pairs = {"strong": (base + [0.05, 0.06, 0.05, 0.07, 0.06], base),
+           "none": (base + 0.01, base),
+           "weak": (base + [0.01, -0.02, 0.03, 0.00, 0.01], base),
+           "medium": (base + [0.02, 0.00, 0.03, 0.01, 0.02], base)}
+  family = harness.compare_family(pairs)
+  p = {key: harness.compare(a, b)["p_value"] for key, (a, b) in pairs.items()}
+  assert np.isnan(p["none"]) and p["strong"] < p["medium"] < p["weak"]
+  # Holm with m = 3: 3 p_(1), max(that, 2 p_(2)), max(that, 1 p_(3)), capped at 1.
+  strong = min(1.0, 3 * p["strong"])
+  medium = max(strong, min(1.0, 2 * p["medium"]))
+  weak = max(medium, min(1.0, p["weak"]))
+  assert family["strong"]["p_holm"] == pytest.approx(strong, rel=1e-12)
+  assert family["medium"]["p_holm"] == pytest.approx(medium, rel=1e-12)
+  assert family["weak"]["p_holm"] == pytest.approx(weak, rel=1e-12)
+  assert np.isnan(family["none"]["p_holm"])
+  assert {r["family_size"] for r in family.values()} == {3}
+  # The rest of each record is `compare`'s, with p_holm right after p_value.
+  for key, (a, b) in pairs.items():
+    record = {k: v for k, v in family[key].items() if k not in ("p_holm", "family_size")}
+    np.testing.assert_equal(record, harness.compare(a, b))
+    keys = list(family[key])
+    assert keys[keys.index("p_value") + 1:keys.index("p_value") + 3] == ["p_holm", "family_size"]
+  assert list(family) == list(pairs)
+
+
+def test_resummarize_rewrites_only_what_the_update_adds(tmp_path):
+  old = {"config": {"seeds": 2}, "paired": {"mean": 0.5, "p_value": 0.02, "wins": 2},
+         "seconds": 3.0}
+  io.write_json(str(tmp_path / "study.json"), old)
+
+  def update(summary):
+    paired = {"wins": 2, "p_value": 0.02, "p_holm": 0.04, "mean": 0.5}   # another key order
+    return {"seconds": 3.0, "paired": paired, "config": summary["config"], "family": "m = 2"}
+
+  new = harness.resummarize(str(tmp_path), "study.json", update)
+  assert new == io.read_json(str(tmp_path / "study.json"))
+  # The old key order, each new key after the one that precedes it in the update's output.
+  assert list(new) == ["config", "family", "paired", "seconds"]
+  assert list(new["paired"]) == ["mean", "p_value", "p_holm", "wins"]
+  with pytest.raises(FileNotFoundError):
+    harness.resummarize(str(tmp_path / "missing"), "study.json", update)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
   """A study config.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from isometry.results import io
+from isometry.engine import presets
 from isometry.engine import regularizers
 from isometry.studies import seed_claim
 
@@ -29,7 +30,7 @@ def test_sweeps_hold_the_presets_and_scale_the_paper_penalty_to_a_mean(key):
 def test_paired_comparison_matches_hand_computation():
   adjusted = np.array([0.80, 0.82, 0.81, np.nan, 0.83])
   unadjusted = np.array([0.79, 0.80, 0.81, 0.70, 0.80])
-  result = seed_claim.paired_comparison(adjusted, unadjusted)
+  result = seed_claim.compare_family({"cell": (adjusted, unadjusted)})["cell"]
   d = np.array([0.01, 0.02, 0.0, 0.03])  # the NaN seed is dropped with its partner.
   # t_{0.975, 3} = 3.182446305284263 (scipy.stats.t.ppf), s = std(d, ddof=1).
   half = 3.182446305284263 * np.std(d, ddof=1) / 2.0
@@ -39,8 +40,39 @@ def test_paired_comparison_matches_hand_computation():
   # Paired t statistic mean / (s / sqrt(n)) = 0.015 / (0.0129099 / 2) = 2.3238, two-sided p.
   assert result["p_value"] == pytest.approx(0.1028, abs=2e-4)
   assert result["verdict"] == "not supported"  # 0.015 - 0.0205 < 0.
-  assert seed_claim.paired_comparison(adjusted + 0.1, unadjusted)["verdict"] == "confirmed"
-  assert seed_claim.paired_comparison(adjusted - 0.1, unadjusted)["verdict"] == "refuted"
+  assert result["p_holm"] == result["p_value"]   # a family of one
+  family = seed_claim.compare_family({"up": (adjusted + 0.1, unadjusted),
+                                      "down": (adjusted - 0.1, unadjusted)})
+  assert family["up"]["verdict"] == "confirmed" and family["down"]["verdict"] == "refuted"
+
+
+def test_comparisons_are_recomputed_from_the_stored_seeds_with_holm():
+  # One formula, one preset (configs3: two strengths), two metrics: a family of 4 cells; the
+  # pooled family has 2 (one formula x two metrics).
+  base = np.array([0.80, 0.81, 0.79, 0.82])
+  shift = {"Orthogonal_Gain1.25_adj_Reg1": [0.010, 0.012, 0.009, 0.011],
+           "Orthogonal_Gain1.25_adj_Reg0.5": [0.001, -0.002, 0.003, 0.000]}
+  labels = [p.label for p in presets.get_preset("configs3")]
+  runs = {label: {m: {"values": list(base + np.asarray(shift.get(label, 0.0)))}
+                  for m in seed_claim.METRICS} for label in labels}
+  summary = {"config": {"formulas": ["notebook"], "presets": ["configs3"]},
+             "runs": {"configs3_notebook": runs}, "comparisons": [], "pooled": {}}
+  new = seed_claim.with_comparisons(summary)
+  assert [(c["reg_strength"], c["adjusted"]) for c in new["comparisons"]] == [
+      (1.0, "Orthogonal_Gain1.25_adj_Reg1"), (0.5, "Orthogonal_Gain1.25_adj_Reg0.5")]
+  strong, weak = (new["comparisons"][i]["test_accuracy"] for i in (0, 1))
+  assert strong["p_value"] < weak["p_value"]
+  # Holm, m = 4 (equal p in both metrics): 4 p_s, then max(4 p_s, 2 p_w), capped at 1.
+  for metric in seed_claim.METRICS:
+    assert new["comparisons"][0][metric]["p_holm"] == pytest.approx(4 * strong["p_value"])
+    assert new["comparisons"][1][metric]["p_holm"] == pytest.approx(
+        min(1.0, max(4 * strong["p_value"], 2 * weak["p_value"])))
+    pooled = new["pooled"]["notebook"][metric]
+    assert pooled["family_size"] == 2 and pooled["p_holm"] == pytest.approx(
+        min(1.0, 2 * pooled["p_value"]))
+    np.testing.assert_allclose(pooled["differences"],
+                               (np.asarray(shift["Orthogonal_Gain1.25_adj_Reg1"]) +
+                                shift["Orthogonal_Gain1.25_adj_Reg0.5"]) / 2, atol=1e-12)
 
 
 def test_bad_settings_are_rejected():

@@ -17,9 +17,11 @@ from isometry.studies import convergence
 from isometry.studies import gradients
 from isometry.studies import rnn_gain
 from isometry.studies import seed_claim
+from isometry.studies import seed_claim_binding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STUDIES = (accuracy, benefit, constraints, convergence, gradients, rnn_gain, seed_claim)
+STUDIES = (accuracy, benefit, constraints, convergence, gradients, rnn_gain, seed_claim,
+           seed_claim_binding)
 # The scripts' extra flag names (scripts/study_rnn_gain.py keeps its old --reg).
 ALIASES = {rnn_gain: {"reg": "regularizer"}}
 
@@ -111,6 +113,7 @@ def _script(name, *argv):
     ("study_convergence.py", ["--data_dir={tmp}"], "IDX"),     # data read, then refused
     ("study_rnn_gain.py", ["stray"], "unexpected arguments"),
     ("seed_claim.py", ["--presets=configs9"], "configs9"),
+    ("seed_claim_binding.py", ["--strengths=1,-1"], "strengths must be > 0"),
 ])
 def test_a_script_rejects_a_bad_command_line_with_one_line_and_exit_2(tmp_path, script, argv,
                                                                       word):

@@ -27,6 +27,9 @@ programs rather than one depth-masked stack: a masked stack spends the deepest n
 on every member, which for depths (2, 8, 16, 32, 64) is 320 / 122 = 2.6x the work. All members
 of a seed share their batch order; within one sweep, inits of a seed also share their PRNG key.
 
+The answer is read from paired differences of test accuracy (`paired_comparisons`: the
+isometric init against every other init per depth, and its depth steps, Holm-adjusted together).
+
 `run(config, out_dir)` writes study.json, C1_accuracy_vs_depth.png and C2_learning_curves.png.
 """
 import dataclasses
@@ -187,6 +190,41 @@ def summarize(result: harness.SweepResult, name: str) -> dict:
           "val_curve_mean": curve_mean, "val_curve_ci95": curve_half}
 
 
+ISOMETRIC = INITS[0]
+HOLM_FAMILY = ("test accuracy, paired by seed: orthogonal_critical minus each other init at "
+               "every depth, and orthogonal_critical at each depth minus the next shallower "
+               "depth; all of them Holm-adjusted together")
+
+
+def paired_comparisons(by_init: dict) -> list:
+  """The study's family of paired comparisons of test accuracy (HOLM_FAMILY), from study.json's
+  per-seed values (seed s: the same batch order in every sweep, the same key for the inits of
+  one sweep).
+
+  Args:
+    by_init: study.json's "by_init": {init name: [{"depth", "test_accuracy": (seeds,)}, ...]}.
+
+  Returns:
+    [{"a": {"init", "depth"}, "b": {"init", "depth"}, **`harness.compare`(a, b) + "p_holm"}]:
+    first the init comparisons by depth, then the depth steps of ISOMETRIC.
+  """
+  rows = {(name, row["depth"]): row["test_accuracy"] for name, per_depth in by_init.items()
+          for row in per_depth}
+  depths = sorted({depth for _, depth in rows})
+  pairs = [((ISOMETRIC, d), (other, d)) for d in depths for other in by_init if other != ISOMETRIC]
+  pairs += [((ISOMETRIC, deep), (ISOMETRIC, shallow)) for shallow, deep in zip(depths, depths[1:])]
+  family = harness.compare_family({(a, b): (rows[a], rows[b]) for a, b in pairs})
+  return [{"a": {"init": a[0], "depth": a[1]}, "b": {"init": b[0], "depth": b[1]}, **record}
+          for (a, b), record in family.items()]
+
+
+def resummarize(out_dir: str) -> dict:
+  """Adds `paired_comparisons` (with Holm) to a finished study's study.json from its stored
+  per-seed accuracies, without training; every other number stays."""
+  return harness.resummarize(out_dir, SUMMARY, lambda result: {
+      **result, "paired": paired_comparisons(result["by_init"]), "holm_family": HOLM_FAMILY})
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures.
 
@@ -271,7 +309,8 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
 
   Returns:
     The study.json content: {"config", "inits": init_specs, "depths", "by_init": {name: [per
-    depth `summarize` + "depth"]}, "runs": {name: {"status", "seconds", ...}}, "seconds"}; None
+    depth `summarize` + "depth"]}, "runs": {name: {"status", "seconds", ...}}, "paired":
+    `paired_comparisons`, "holm_family", "seconds"}; None
     where a sweep was interrupted (run again to continue).
 
   Raises:
@@ -308,7 +347,8 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False,
                         f"{config.optimizer} lr {config.lr:g}, batch {config.batch_size}"),
       "data_dir": config.train_data()["data_dir"],
       "num_train": int(train_size), "num_val": int(len(dataset.val_x)),
-      "num_test": int(len(dataset.test_x)), "by_init": by_init, "runs": runs}
+      "num_test": int(len(dataset.test_x)), "by_init": by_init, "runs": runs,
+      "paired": paired_comparisons(by_init), "holm_family": HOLM_FAMILY}
   for s in specs:
     for row in by_init[s["name"]]:
       logging.info("%s depth %d: test accuracy %.4f +- %.4f, best val %.4f +- %.4f%s",

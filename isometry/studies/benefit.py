@@ -17,7 +17,8 @@ order) trained without it. It is measured along two axes:
 
 Per depth / task and metric (test accuracy after the last epoch, best validation accuracy over
 epochs) the study reports the per-seed accuracies with and without the penalty, their paired
-differences and the mean difference with its 95% Student-t interval (`isometry.results.stats.mean_ci`),
+differences and the mean difference with its 95% Student-t interval (`isometry.results.stats.mean_ci`)
+and paired t-test, Holm-adjusted over every depth, task and metric (HOLM_FAMILY),
 plus how far the penalized matrices ended from orthogonal (max |s_i / g - 1| over their singular
 values), which shows whether the penalty did anything at all.
 
@@ -189,13 +190,39 @@ def run_configs(config: StudyConfig) -> dict:
 # Statistics.
 
 
-def paired_difference(with_penalty, without_penalty) -> dict:
-  """with - without, paired by seed (`harness.compare`; NaN drops the pair), under this study's
-  names: {"mean", "ci95", "n_pairs", "p_value", "penalty_wins", "differences", "verdict"}."""
-  result = harness.compare(with_penalty, without_penalty)
+def paired_difference(record: dict) -> dict:
+  """A `harness.compare` record (with - without) under this study's names: {"mean", "ci95",
+  "n_pairs", "p_value", "p_holm", "family_size", "penalty_wins", "differences", "verdict"}."""
+  result = dict(record)
   result["mean"] = result.pop("mean_difference")
   result["penalty_wins"] = result.pop("wins")
   return result
+
+
+HOLM_FAMILY = ("with - without penalty at every depth and task, in test and best validation "
+               "accuracy: (depths + tasks) x 2 paired comparisons, Holm-adjusted together")
+
+
+def with_differences(result: dict) -> dict:
+  """The study.json content with every arm's "difference" (with - without penalty, paired by
+  seed, per metric) computed from its stored per-seed accuracies, and Holm's adjustment over
+  the family HOLM_FAMILY; nothing else changes."""
+  arms = [(group, name) for group in ("depths", "tasks") for name in result[group]]
+  family = harness.compare_family({
+      (group, name, metric): (result[group][name]["with_penalty"][metric]["values"],
+                              result[group][name]["without_penalty"][metric]["values"])
+      for group, name in arms for metric in METRICS})
+  out = {**result, "depths": dict(result["depths"]), "tasks": dict(result["tasks"]),
+         "holm_family": HOLM_FAMILY}
+  for group, name in arms:
+    out[group][name] = {**result[group][name], "difference": {
+        metric: paired_difference(family[(group, name, metric)]) for metric in METRICS}}
+  return out
+
+
+def resummarize(out_dir: str) -> dict:
+  """`with_differences` of a finished study's study.json, written back without training."""
+  return harness.resummarize(out_dir, SUMMARY, with_differences)
 
 
 def orthogonality_gaps(result: harness.SweepResult, **fields) -> np.ndarray:
@@ -213,21 +240,18 @@ def orthogonality_gaps(result: harness.SweepResult, **fields) -> np.ndarray:
 
 def summarize_arm(result: harness.SweepResult, reg_strength: float, **fields) -> dict:
   """One depth (fields: depth=d) or task of a finished sweep: accuracies with and without the
-  penalty, their paired differences, validation curves and orthogonality gaps."""
+  penalty, validation curves and orthogonality gaps ("difference" is filled by
+  `with_differences`, over every arm at once)."""
   entry = {"with_penalty": {}, "without_penalty": {}, "difference": {}, "curves": {},
            "orthogonality_gap": {}}
-  per_reg = {}
   for name, reg in (("without_penalty", 0.0), ("with_penalty", reg_strength)):
     chosen = dict(fields, reg_strength=reg)
-    per_reg[name] = {metric: result.per_seed(metric, **chosen) for metric in METRICS}
-    entry[name] = {metric: stats.interval(per_reg[name][metric]) for metric in METRICS}
+    entry[name] = {metric: stats.interval(result.per_seed(metric, **chosen))
+                   for metric in METRICS}
     mean, half = stats.mean_ci(result.history("val_accuracy", **chosen), axis=0)
     entry["curves"][name] = {"val_accuracy_mean": mean, "val_accuracy_ci95": half}
     entry["orthogonality_gap"][name] = stats.interval(orthogonality_gaps(result, **chosen))
     entry[name]["diverged"] = int(result.diverged(**chosen).sum())
-  for metric in METRICS:
-    entry["difference"][metric] = paired_difference(per_reg["with_penalty"][metric],
-                                                    per_reg["without_penalty"][metric])
   return entry
 
 
@@ -241,7 +265,7 @@ def analyse(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
   for task in config.tasks:
     result["tasks"][task] = summarize_arm(sweeps[f"rnn_{task}"], reg)
     result["tasks"][task]["time_steps"] = _time_steps(config, task)
-  return result
+  return with_differences(result)
 
 
 def _time_steps(config: StudyConfig, task: str) -> int:

@@ -23,9 +23,9 @@ Each arm is one `isometry.engine.train` sweep (its seeds are vmapped members of 
 in out_dir/<arm>/, run by `harness.run_sweeps` (running again continues an interrupted study).
 Per arm the study reports, over seeds, the best validation accuracy over epochs and the test
 accuracy after the last epoch, mean +- 95% CI (Student t), the paired difference to "none" (same
-seed: same init and batch order), the wall time per epoch and per step (first epoch, which
-compiles, reported apart), and the trajectory of the recurrent kernel's singular values over
-epochs (epoch 0 = init).
+seed: same init and batch order; Holm-adjusted over every arm and metric, HOLM_FAMILY), the
+wall time per epoch and per step (first epoch, which compiles, reported apart), and the
+trajectory of the recurrent kernel's singular values over epochs (epoch 0 = init).
 
 `run(config, out_dir)` writes study.json, D_accuracy.png, D_singular_values.png and
 D_val_curves.png. The committed run (results/D_constraints) took 10.5 minutes of wall time for
@@ -221,13 +221,21 @@ def summarize_arm(config: StudyConfig, arm: str, result: harness.SweepResult) ->
 
 
 def compare_to_baseline(arms: dict) -> dict:
-  """{arm: {metric: harness.compare(arm, none)}} for every arm but the baseline."""
+  """{arm: {metric: harness.compare(arm, none)}} for every arm but the baseline, with "p_holm":
+  Holm's adjustment over the family of every arm's comparison in every metric (HOLM_FAMILY)."""
   if BASELINE not in arms:
     return {}
-  return {name: {metric: harness.compare(entry[metric]["values"],
-                                         arms[BASELINE][metric]["values"])
-                 for metric in METRICS}
-          for name, entry in arms.items() if name != BASELINE}
+  family = harness.compare_family({
+      (name, metric): (entry[metric]["values"], arms[BASELINE][metric]["values"])
+      for name, entry in arms.items() if name != BASELINE for metric in METRICS})
+  nested = {}
+  for (name, metric), record in family.items():
+    nested.setdefault(name, {})[metric] = record
+  return nested
+
+
+HOLM_FAMILY = ("every arm against none, in best validation and test accuracy (arms - 1) x 2 "
+               "paired comparisons, Holm-adjusted together")
 
 
 def summarize(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
@@ -235,7 +243,15 @@ def summarize(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
   arms = {arm: summarize_arm(config, arm, result) for arm, result in sweeps.items()}
   return {"config": dataclasses.asdict(config),
           "dataset": "synthetic" if config.synthetic else config.dataset,
-          "arms": arms, "paired_vs_none": compare_to_baseline(arms)}
+          "arms": arms, "paired_vs_none": compare_to_baseline(arms), "holm_family": HOLM_FAMILY}
+
+
+def resummarize(out_dir: str) -> dict:
+  """Recomputes study.json's paired comparisons (with Holm) from its stored per-seed
+  accuracies, without training (`harness.resummarize`); every other number stays."""
+  return harness.resummarize(out_dir, SUMMARY, lambda summary: {
+      **summary, "paired_vs_none": compare_to_baseline(summary["arms"]),
+      "holm_family": HOLM_FAMILY})
 
 
 # ----------------------------------------------------------------------------------------------

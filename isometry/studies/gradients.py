@@ -17,7 +17,8 @@ h_l, sweep sigma_w across chi = 1 (vmap over sigma_w inside one jit), and fit pe
 
     log ratio_l = a + s (L - l),   ratio_l = mean_b ||dL/dh_l^b||^2 / mean_b ||dL/dh_L^b||^2,
 
-whose slope s mean field predicts to be log chi. Fluctuations: the log-gain of one input over
+whose slope s mean field predicts to be log chi (tested per sigma_w over the networks, Holm-adjusted
+over the distinct tests: `with_slope_tests`). Fluctuations: the log-gain of one input over
 the whole depth, log(||dL/dh_1^b||^2 / ||dL/dh_L^b||^2); for linear networks it is exactly
 2 (L - 1) log sigma_w with orthogonal weights and a sum of L - 1 independent
 log(sigma_w^2 chi^2_N / N) terms with Gaussian ones (see `linear_gaussian_log_gain`).
@@ -305,7 +306,56 @@ def mlp_study(config: StudyConfig) -> dict:
                    act, name, np.round(slope_mean - np.log(chi), 4), np.round(slope_ci, 4),
                    np.round(flat_gains.std(axis=1, ddof=1), 3))
     cases.append(case)
-  return {"cases": cases, "seconds": seconds}
+  return with_slope_tests({"cases": cases, "seconds": seconds})
+
+
+HOLM_FAMILY = ("slope - log chi = 0, a one-sample t-test over networks for every activation, "
+               "weight distribution and sigma_w, Holm-adjusted together; a test repeated on "
+               "the same differences (linear and relu: the slopes do not depend on sigma_w, "
+               "whose unit-gain weights are shared) counts once, and linear orthogonal "
+               "networks, exact up to float64 rounding, are not tested")
+# Below this every network's |slope - log chi| is float64 rounding of an exact identity.
+_EXACT = 1e-9
+
+
+def with_slope_tests(mlp: dict) -> dict:
+  """Part 1's result with, per activation and weights, "slope_vs_log_chi": for every sigma_w
+  the networks' slopes against mean field's log chi (`harness.compare` of the (seeds,) slopes
+  with log chi: a one-sample t-test, "verdict" better / worse where the slope is above / below
+  log chi), Holm-adjusted over HOLM_FAMILY; where every network is within _EXACT of log chi,
+  {"max_abs_difference", "verdict": "exact"} instead. Reads the per-network slopes it stores
+  ("slope_per_seed", (seeds, sigma_w)), so it also updates a stored gradients.json."""
+  differences, exact = {}, {}
+  for c, case in enumerate(mlp["cases"]):
+    log_chi = np.asarray(case["log_chi"], np.float64)
+    for name, entry in case["weights"].items():
+      slopes = np.asarray(entry["slope_per_seed"], np.float64)
+      for j, value in enumerate(log_chi):
+        difference = slopes[:, j] - value
+        if np.all(np.abs(difference) < _EXACT):
+          exact[(c, name, j)] = {"max_abs_difference": float(np.max(np.abs(difference))),
+                                 "verdict": "exact"}
+        else:
+          differences[(c, name, j)] = difference
+  # One test per distinct set of differences (rounding apart).
+  distinct = {}
+  for key, difference in differences.items():
+    distinct.setdefault(tuple(np.round(difference, 12)), key)
+  tests = harness.compare_family({key: (differences[key], np.zeros_like(differences[key]))
+                                  for key in distinct.values()})
+  by_key = {**exact, **{key: tests[distinct[tuple(np.round(d, 12))]]
+                        for key, d in differences.items()}}
+  cases = [{**case, "weights": {name: {**entry, "slope_vs_log_chi": [
+      by_key[(c, name, j)] for j in range(len(case["log_chi"]))]}
+                                for name, entry in case["weights"].items()}}
+           for c, case in enumerate(mlp["cases"])]
+  return {**mlp, "cases": cases, "holm_family": HOLM_FAMILY}
+
+
+def resummarize(out_dir: str) -> dict:
+  """Adds `with_slope_tests` to a finished study's gradients.json, without recomputing."""
+  return harness.resummarize(out_dir, SUMMARY, lambda result: {
+      **result, "mlp": with_slope_tests(result["mlp"])})
 
 
 # ----------------------------------------------------------------------------------------------

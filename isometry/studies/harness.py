@@ -11,7 +11,11 @@ with the config checks below; the harness does the rest, once for all of them:
       return None
     test = sweeps["soft"].per_seed("test_accuracy", label="soft")    # (seeds,), NaN = missing
     difference = compare(test, sweeps["none"].per_seed("test_accuracy", label="none"))
+    family = compare_family({"soft": (test, none), ...})   # the same, with Holm's p_holm
     save(out_dir, "study.json", summary, figures)          # the summary last: the study is done
+
+A finished study's summary gains a statistic of its stored per-seed values without retraining
+through `resummarize(out_dir, "study.json", update)`.
 
 Every sweep trains in its own folder out_dir/<name>/. Running the study again continues where it
 stopped: a finished sweep of the same config is read back, an interrupted one resumes from its
@@ -424,3 +428,74 @@ def compare(a, b, words: Sequence[str] = VERDICTS) -> dict:
   else:
     result["verdict"] = words[2]
   return result
+
+
+def compare_family(pairs: Mapping, words: Sequence[str] = VERDICTS) -> dict:
+  """`compare` for each (a, b) of one family of paired comparisons, with Holm's adjustment.
+
+  The verdicts stay those of each comparison's own 95% interval; "p_holm" is its p-value
+  adjusted over the family (`stats.holm`), so that a reader can see which differences survive
+  the number of comparisons made. A study names its family: every comparison that answers its
+  question, not only the ones that came out small.
+
+  Args:
+    pairs: {key: (a, b)}, (seeds,) values each, seed i of a paired with seed i of b.
+    words: `compare`'s verdicts.
+
+  Returns:
+    {key: `compare`'s record + "p_holm" + "family_size" (the number of comparisons with a
+    p-value, Holm's m)}, in the order of `pairs`.
+  """
+  records = {key: compare(a, b, words) for key, (a, b) in pairs.items()}
+  adjusted = stats.holm([r["p_value"] for r in records.values()])
+  size = int(np.sum(np.isfinite(adjusted)))
+  return {key: _beside(record, "p_value", {"p_holm": float(p_holm), "family_size": size})
+          for (key, record), p_holm in zip(records.items(), adjusted)}
+
+
+def _beside(record: dict, after: str, fields: dict) -> dict:
+  """record with `fields` inserted right after its key `after` (so the JSON reads p, p_holm)."""
+  out = {}
+  for key, value in record.items():
+    out[key] = value
+    if key == after:
+      out.update(fields)
+  return out
+
+
+def resummarize(out_dir: str, summary_name: str, update: Callable[[dict], dict]) -> dict:
+  """Rewrites a finished study's summary as update(summary), without training: how a new
+  statistic of the stored per-seed values (a Holm column, say) reaches a committed study.
+
+  Args:
+    out_dir: the study's folder.
+    summary_name: its summary file.
+    update: the study's function from the old summary to the new one (the per-seed values,
+      and every number that does not depend on the new statistic, unchanged).
+
+  Returns:
+    The new summary, written atomically in place of the old.
+
+  Raises:
+    FileNotFoundError: out_dir holds no finished study.
+  """
+  path = os.path.join(out_dir, summary_name)
+  old = io.read_json(path)
+  summary = _in_order_of(old, update(old))
+  io.write_json(path, summary)
+  return summary
+
+
+def _in_order_of(old, new):
+  """new with the keys of its objects in old's order (a key old lacks right after the key that
+  precedes it in new), so that a rewritten summary differs from the old one only where its
+  values do."""
+  if not (isinstance(old, dict) and isinstance(new, dict)):
+    return new
+  order = [key for key in old if key in new]
+  previous = None
+  for key in new:
+    if key not in old:
+      order.insert(order.index(previous) + 1 if previous is not None else 0, key)
+    previous = key
+  return {key: _in_order_of(old.get(key), new[key]) for key in order}

@@ -18,7 +18,8 @@ regularized configurations of each preset (the baselines do not depend on the fo
 Per configuration it reports the best validation accuracy over epochs and the final test
 accuracy, mean +- 95% CI (Student t over seeds), and per (formula, preset, strength) the paired
 difference adjusted - unadjusted (same seed: same init and batch order), with its CI, a paired
-t-test and the count of seeds where adjusted wins. The claim is confirmed for a comparison when
+t-test, Holm's adjustment over the family of every cell and metric (HOLM_FAMILIES) and the count
+of seeds where adjusted wins. The claim is confirmed for a comparison when
 the CI of the mean paired difference lies above 0, refuted when it lies below, and not supported
 when it covers 0; "pooled" averages, per seed, the differences over presets and strengths (the
 seed is the independent unit: cells with one seed share its init and batch order).
@@ -124,49 +125,84 @@ def run_name(preset: str, formula: str) -> str:
   return f"{preset}_{formula}"
 
 
-def paired_comparison(adjusted: np.ndarray, unadjusted: np.ndarray) -> dict:
-  """Adjusted - unadjusted, paired by seed (`harness.compare`), with the claim's verdict;
-  "adjusted_wins" counts the seeds where the adjusted penalty won."""
-  result = harness.compare(adjusted, unadjusted, VERDICTS)
+def paired_comparison(record: dict) -> dict:
+  """A `harness.compare` record (adjusted - unadjusted, the claim's verdict) under this study's
+  names: "adjusted_wins" counts the seeds where the adjusted penalty won."""
+  result = dict(record)
   result["adjusted_wins"] = result.pop("wins")
   result["verdict"] = result.pop("verdict")
   return result
 
 
-def analyse(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
-  """The summary of the finished sweeps (see module docstring)."""
-  summary = {"config": dataclasses.asdict(config), "dataset": config.dataset, "runs": {},
-             "comparisons": [], "pooled": {}}
-  # Per formula and metric, the paired differences of every (preset, strength) cell by seed.
-  cells = {(formula, metric): [] for formula in config.formulas for metric in METRICS}
-  for formula in config.formulas:
-    for preset in config.presets:
-      name = run_name(preset, formula)
-      result = sweeps[name]
-      labels = list(dict.fromkeys(m.label for m in result.config.members))
-      summary["runs"][name] = {
-          label: {metric: stats.interval(result.per_seed(metric, label=label))
-                  for metric in METRICS} for label in labels}
+def compare_family(pairs: dict) -> dict:
+  """`harness.compare_family` of {key: (adjusted, unadjusted)} with the claim's verdicts."""
+  return {key: paired_comparison(record)
+          for key, record in harness.compare_family(pairs, VERDICTS).items()}
+
+
+HOLM_FAMILIES = {
+    "comparisons": "every (formula, preset, strength) cell in both metrics: formulas x presets "
+                   "x 2 strengths x 2 metrics paired comparisons, Holm-adjusted together",
+    "pooled": "the pooled difference of every formula in both metrics: formulas x 2, "
+              "Holm-adjusted together (a second family: the pooled tests reuse the cells' data)"}
+
+
+def with_comparisons(summary: dict) -> dict:
+  """The summary with its "comparisons" and "pooled" recomputed from the per-seed accuracies
+  it stores under "runs" (see the module docstring), each a Holm family (HOLM_FAMILIES)."""
+  runs = summary["runs"]
+  cells, pairs = [], {}
+  for formula in summary["config"]["formulas"]:
+    for preset in summary["config"]["presets"]:
+      configs = runs[run_name(preset, formula)]
       for p in seed_presets.get_preset(preset):
         if not (p.reg_strength > 0 and p.gain_adjusted):
           continue
         partner = next(q.label for q in seed_presets.get_preset(preset)
                        if q.reg_strength == p.reg_strength and not q.gain_adjusted)
-        row = {"formula": formula, "preset": preset, "gain": p.gain,
-               "reg_strength": p.reg_strength, "adjusted": p.label, "unadjusted": partner}
+        cells.append({"formula": formula, "preset": preset, "gain": p.gain,
+                      "reg_strength": p.reg_strength, "adjusted": p.label,
+                      "unadjusted": partner})
         for metric in METRICS:
-          a = result.per_seed(metric, label=p.label)
-          u = result.per_seed(metric, label=partner)
-          row[metric] = paired_comparison(a, u)
-          cells[(formula, metric)].append(a - u)
-        summary["comparisons"].append(row)
+          pairs[(len(cells) - 1, metric)] = (
+              np.asarray(configs[p.label][metric]["values"], np.float64),
+              np.asarray(configs[partner][metric]["values"], np.float64))
+  by_cell = compare_family(pairs)
+  comparisons = [{**cell, **{metric: by_cell[(i, metric)] for metric in METRICS}}
+                 for i, cell in enumerate(cells)]
   # Pooled: per seed, the mean difference over the cells. Cells with one seed share its init
   # and batch order, so the seed (not the cell) is the independent unit: n = seeds.
-  for (formula, metric), differences in cells.items():
-    per_seed = np.nanmean(np.stack(differences), axis=0)
-    summary["pooled"].setdefault(formula, {})[metric] = paired_comparison(
-        per_seed, np.zeros_like(per_seed))
-  return summary
+  pooled_pairs = {}
+  for formula in summary["config"]["formulas"]:
+    for metric in METRICS:
+      differences = [a - u for (i, m), (a, u) in pairs.items()
+                     if m == metric and cells[i]["formula"] == formula]
+      per_seed = np.nanmean(np.stack(differences), axis=0)
+      pooled_pairs[(formula, metric)] = (per_seed, np.zeros_like(per_seed))
+  pooled = {}
+  for (formula, metric), record in compare_family(pooled_pairs).items():
+    pooled.setdefault(formula, {})[metric] = record
+  return {**summary, "comparisons": comparisons, "pooled": pooled,
+          "holm_families": HOLM_FAMILIES}
+
+
+def analyse(config: StudyConfig, sweeps: harness.Sweeps) -> dict:
+  """The summary of the finished sweeps (see module docstring)."""
+  runs = {}
+  for formula in config.formulas:
+    for preset in config.presets:
+      name = run_name(preset, formula)
+      result = sweeps[name]
+      labels = list(dict.fromkeys(m.label for m in result.config.members))
+      runs[name] = {label: {metric: stats.interval(result.per_seed(metric, label=label))
+                            for metric in METRICS} for label in labels}
+  return with_comparisons({"config": dataclasses.asdict(config), "dataset": config.dataset,
+                           "runs": runs, "comparisons": [], "pooled": {}})
+
+
+def resummarize(out_dir: str) -> dict:
+  """`with_comparisons` of a finished study's summary.json, written back without training."""
+  return harness.resummarize(out_dir, SUMMARY, with_comparisons)
 
 
 def plot(summary: dict):
