@@ -113,6 +113,12 @@ def _meet_as_coordinator(port: int, num_processes: int, mine: str, timeout: floa
         except (OSError, ValueError):
           conn.close()
           continue
+        if hello["process_id"] in peers:
+          with contextlib.suppress(OSError):
+            _send(conn, {"verdict": f"process id {hello['process_id']} is taken by another "
+                                    "process"})
+          conn.close()
+          continue
         peers[hello["process_id"]] = (conn, hello)
       problems = []
       for pid, (_, hello) in sorted(peers.items()):
