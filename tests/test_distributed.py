@@ -203,6 +203,16 @@ def test_processes_given_other_train_configs_stop_before_any_work(tmp_path):
   assert not os.path.exists(out_dir)
 
 
+def test_a_study_script_names_a_missing_process_flag():
+  results = _finish([_start(["scripts/study_accuracy.py", "--quick", "--num_processes=2",
+                             "--process_id=1", "--out_dir=/nonexistent/never/written"], 1)],
+                    timeout=60)
+  code, _, err = results[0]
+  assert code == 2
+  assert _one_line(err, "study_accuracy.py").endswith(
+      "--coordinator_address is needed too, where num_processes and process_id is given")
+
+
 def test_process_flags_are_checked_before_anything_starts():
   with pytest.raises(processes.ProcessesError, match="process_id is needed too"):
     processes.check_settings("127.0.0.1:1234", 2, None, 10)
