@@ -57,8 +57,9 @@ def check_settings(coordinator_address: Optional[str], num_processes: Optional[i
   if len(missing) == 3:
     return False
   if missing:
-    raise ProcessesError(f"{missing[0]} is needed too, where "
-                         f"{' and '.join(n for n in given if n not in missing)} is given")
+    present = [name for name in given if name not in missing]
+    raise ProcessesError(f"{missing[0]} is needed too, where {' and '.join(present)} "
+                         f"{'is' if len(present) == 1 else 'are'} given")
   _split_address(coordinator_address)
   if num_processes < 1:
     raise ProcessesError(f"num_processes must be >= 1, got {num_processes}")

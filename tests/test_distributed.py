@@ -210,7 +210,7 @@ def test_a_study_script_names_a_missing_process_flag():
   code, _, err = results[0]
   assert code == 2
   assert _one_line(err, "study_accuracy.py").endswith(
-      "--coordinator_address is needed too, where num_processes and process_id is given")
+      "--coordinator_address is needed too, where num_processes and process_id are given")
 
 
 def test_process_flags_are_checked_before_anything_starts():
