@@ -105,12 +105,15 @@ def run(main) -> None:
 def define_run_flags(resume_help: str = "Continue the run in --out_dir from its checkpoint."
                      ) -> None:
   """--out_dir (required), --resume and --overwrite: the flags of a script that trains one run;
-  and the process flags (`define_process_flags`)."""
-  flags.DEFINE_string("out_dir", None, "Results folder.")
-  flags.DEFINE_boolean("resume", False, resume_help)
-  flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir.")
+  and the process flags (`define_process_flags`). All listed by the script's --help."""
+  # absl's --help lists a script's own flags by the module that defined them: the caller.
+  caller = sys._getframe(1).f_globals.get("__name__")  # pylint: disable=protected-access
+  module = sys.argv[0] if caller == "__main__" else caller
+  flags.DEFINE_string("out_dir", None, "Results folder.", module_name=module)
+  flags.DEFINE_boolean("resume", False, resume_help, module_name=module)
+  flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir.", module_name=module)
   flags.mark_flag_as_required("out_dir")
-  define_process_flags()
+  define_process_flags(module_name=module)
 
 
 # The flags of a run across processes: the arguments of `jax.distributed.initialize`.
