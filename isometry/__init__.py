@@ -11,8 +11,9 @@ The package in parts, each importing only those above it in this list:
             (`isometry.engine`)
   studies   the research questions answered with all of the above (`isometry.studies`)
 
-`linalg` (XLA:CPU-safe batched linear algebra) serves every part; `cli` and `runtime` serve the
-scripts. The main entry points are attributes of this package, loaded on first use so that
+`linalg` (XLA:CPU-safe batched linear algebra) serves every part; `processes` (one program over
+several processes, `jax.distributed`) serves the engine, the studies and the scripts; `cli` and
+`runtime` serve the scripts. The main entry points are attributes of this package, loaded on first use so that
 `import isometry` is cheap and changes nothing (no environment variable, no jax import):
 
   isometry.critical_point, isometry.q_star, isometry.chi          mean field
@@ -49,7 +50,8 @@ _ENTRY_POINTS = {
     "paired_difference": ("isometry.results.stats", "paired_difference"),
     "holm": ("isometry.results.stats", "holm"),
 }
-_PARTS = ("theory", "data", "results", "engine", "studies", "cli", "linalg", "runtime")
+_PARTS = ("theory", "data", "results", "engine", "studies", "cli", "linalg", "runtime",
+          "processes")
 
 __all__ = sorted(_ENTRY_POINTS) + list(_PARTS)
 

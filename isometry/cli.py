@@ -22,6 +22,8 @@ from isometry import runtime  # noqa: F401  pylint: disable=unused-import
 
 from absl import app, flags  # noqa: E402
 
+from isometry import processes  # noqa: E402
+
 
 def fail(message) -> None:
   """Prints `<script>: error: <message>` on one line to stderr and exits with code 2."""
@@ -102,19 +104,61 @@ def run(main) -> None:
 
 def define_run_flags(resume_help: str = "Continue the run in --out_dir from its checkpoint."
                      ) -> None:
-  """--out_dir (required), --resume and --overwrite: the flags of a script that trains one run."""
-  flags.DEFINE_string("out_dir", None, "Results folder.")
-  flags.DEFINE_boolean("resume", False, resume_help)
-  flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir.")
+  """--out_dir (required), --resume and --overwrite: the flags of a script that trains one run;
+  and the process flags (`define_process_flags`). All listed by the script's --help."""
+  # absl's --help lists a script's own flags by the module that defined them: the caller.
+  caller = sys._getframe(1).f_globals.get("__name__")  # pylint: disable=protected-access
+  module = sys.argv[0] if caller == "__main__" else caller
+  flags.DEFINE_string("out_dir", None, "Results folder.", module_name=module)
+  flags.DEFINE_boolean("resume", False, resume_help, module_name=module)
+  flags.DEFINE_boolean("overwrite", False, "Replace the run in --out_dir.", module_name=module)
   flags.mark_flag_as_required("out_dir")
+  define_process_flags(module_name=module)
+
+
+# The flags of a run across processes: the arguments of `jax.distributed.initialize`.
+PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id", "initialization_timeout")
+
+
+def define_process_flags(*, flag_values=flags.FLAGS, module_name: Optional[str] = None) -> None:
+  """--coordinator_address, --num_processes, --process_id, --initialization_timeout: one
+  program over several processes (`isometry.processes`); none of the first three: one process."""
+  define = dict(flag_values=flag_values, module_name=module_name)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0, reachable from "
+                      "every process (e.g. 127.0.0.1:12355 on one machine); with "
+                      "--num_processes and --process_id the sweep's members spread over every "
+                      "process's devices. Absent: one process.", **define)
+  flags.DEFINE_integer("num_processes", None, "How many processes run this command (same flags "
+                       "but --process_id).", **define)
+  flags.DEFINE_integer("process_id", None, "This process's number, 0 .. --num_processes - 1; "
+                       "process 0 coordinates and alone writes --out_dir.", **define)
+  flags.DEFINE_float("initialization_timeout", processes.DEFAULT_TIMEOUT,
+                     "Seconds a process waits for the others to start; then it ends with "
+                     "exit code 2.", **define)
+
+
+def initialize_processes(*, flag_values=flags.FLAGS) -> None:
+  """Joins the processes the process flags name (nothing without them), comparing the flags
+  each was given (all but --process_id must be equal). Call it first in main: before any jax
+  computation, the config's included (a study's config may solve for its operating point). A
+  failure ends in one line naming the flag and exit code 2."""
+  given = {name: flag_values[name].value for name in flag_values
+           if flag_values[name].present and name != "process_id"}
+  try:
+    processes.initialize(flag_values["coordinator_address"].value,
+                         flag_values["num_processes"].value, flag_values["process_id"].value,
+                         timeout=flag_values["initialization_timeout"].value, settings=given)
+  except processes.ProcessesError as e:
+    fail(name_the_flag(str(e), PROCESS_FLAGS))
 
 
 def run_main(make_config, run_fn, errors=()):
   """The absl main of a training script: run_fn(make_config(), --out_dir, resume=, overwrite=),
   with a ValueError from the config, or one of `errors` from the run, ending in one line and
-  exit code 2."""
+  exit code 2. With the process flags the processes meet first, comparing their flags."""
   def main(argv):
     del argv
+    initialize_processes()
     config = call(make_config)
     values = flags.FLAGS
     call(run_fn, config, values.out_dir, resume=values.resume, overwrite=values.overwrite,

@@ -10,7 +10,10 @@ which is never replaced silently (--resume continues a run there, --overwrite re
       --sigma_b=0.05 --dataset=fashion_mnist --data_dir=/usr/share/datasets/fashion-mnist \\
       --epochs=5 --out_dir=/tmp/mlp
 
-List flags are comma-separated. Bad flags exit with status 2 and a one-line message.
+One sweep can span processes and hosts: every process runs the same command with
+--coordinator_address, --num_processes and its own --process_id (README.md, "Sweeps across
+processes and hosts"). List flags are comma-separated. Bad flags exit with status 2 and a
+one-line message.
 """
 from isometry import cli  # first: the runtime settings, before numpy and jax load
 

@@ -15,7 +15,10 @@ unless given --resume (continue it, also after a kill) or --overwrite.
   python scripts/train_rnn.py --dataset=imdb_reviews --cell=lstm --val_size=5000 --lr=1e-3 \\
       --seeds=3 --epochs=5 --out_dir=/tmp/imdb      # the seed's sentiment experiment
 
-List flags are comma-separated. Bad flags exit with status 2 and a one-line message.
+One sweep can span processes and hosts: every process runs the same command with
+--coordinator_address, --num_processes and its own --process_id (README.md, "Sweeps across
+processes and hosts"). List flags are comma-separated. Bad flags exit with status 2 and a
+one-line message.
 """
 from isometry import cli  # first: the runtime settings, before numpy and jax load
 

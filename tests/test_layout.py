@@ -3,13 +3,13 @@
 Parts, lowest first; a module may import its own part and the parts its row allows, never a
 module's `_private` name from elsewhere:
 
-  isometry.linalg, isometry.runtime   nothing of the package
+  isometry.linalg, isometry.runtime, isometry.processes   nothing of the package
   theory    linalg
   data      nothing
   results   nothing
-  engine    theory, data, results, linalg
+  engine    theory, data, results, linalg, processes
   studies   everything above; a study never another study (its own parts aside)
-  cli       runtime, results
+  cli       runtime, results, processes
   scripts   cli, studies, engine, data, results, theory
 """
 import ast
@@ -25,12 +25,13 @@ PACKAGE = os.path.join(REPO, "isometry")
 ALLOWED = {
     "linalg": set(),
     "runtime": set(),
+    "processes": set(),
     "theory": {"theory", "linalg"},
     "data": {"data"},
     "results": {"results"},
-    "engine": {"engine", "theory", "data", "results", "linalg"},
-    "studies": {"studies", "engine", "theory", "data", "results", "linalg", "cli"},
-    "cli": {"runtime", "results"},
+    "engine": {"engine", "theory", "data", "results", "linalg", "processes"},
+    "studies": {"studies", "engine", "theory", "data", "results", "linalg", "processes", "cli"},
+    "cli": {"runtime", "results", "processes"},
     "__init__": set(),
 }
 # The study modules that are parts of one study (a study may import its own parts).

@@ -26,7 +26,8 @@ from isometry.engine import train
 
 def define_script_flags(out_dir: str, *, flag_values=flags.FLAGS,
                         module_name: Optional[str] = None) -> None:
-  """--quick, --out_dir (default `out_dir`) and --overwrite."""
+  """--quick, --out_dir (default `out_dir`) and --overwrite; and the process flags
+  (`isometry.cli.define_process_flags`)."""
   define = dict(flag_values=flag_values, module_name=module_name)
   flags.DEFINE_boolean("quick", False, "A smoke run in seconds (the config's quick() settings, "
                        "often on synthetic images); flags given explicitly still override it.",
@@ -36,6 +37,7 @@ def define_script_flags(out_dir: str, *, flag_values=flags.FLAGS,
   flags.DEFINE_boolean("overwrite", False, "Replace the finished study found in --out_dir, "
                        "training every sweep afresh (without it the script stops there, "
                        "changing nothing).", **define)
+  cli.define_process_flags(**define)
 
 
 def config_from_flags(config_class, *, flag_values=flags.FLAGS):
@@ -85,6 +87,7 @@ def main(config_class, run: Callable, out_dir: str) -> Callable[[list], None]:
 
   def study_main(argv):
     del argv
+    cli.initialize_processes()
     config = cli.call(config_from_flags, config_class)
     # Missing data and a finished study in --out_dir are raised before any work.
     cli.call(run, config, flags.FLAGS.out_dir, overwrite=flags.FLAGS.overwrite,

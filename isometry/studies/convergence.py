@@ -55,6 +55,7 @@ import optax
 from jax import lax
 
 from isometry import data
+from isometry import processes
 from isometry.results import io
 from isometry.theory import meanfield
 from isometry.engine import models
@@ -560,13 +561,14 @@ def run(config: StudyConfig, out_dir: str, *, overwrite: bool = False) -> dict:
     for e in result[task]["summary"]:
       logging.info("%s depth %d %s: steps %s", task, e["depth"], e["init"], e["steps"])
   result["seconds"] = time.perf_counter() - start
-  with io.atomic_path(os.path.join(out_dir, "curves.npz")) as tmp:
-    with open(tmp, "wb") as f:
-      np.savez_compressed(f, linear=linear_curves.astype(np.float32),
-                          tanh=tanh_curves.astype(np.float32),
-                          linear_depths=np.asarray(config.linear_depths),
-                          tanh_depths=np.asarray(config.tanh_depths),
-                          inits=np.asarray(config.inits))
+  if processes.is_writer():
+    with io.atomic_path(os.path.join(out_dir, "curves.npz")) as tmp:
+      with open(tmp, "wb") as f:
+        np.savez_compressed(f, linear=linear_curves.astype(np.float32),
+                            tanh=tanh_curves.astype(np.float32),
+                            linear_depths=np.asarray(config.linear_depths),
+                            tanh_depths=np.asarray(config.tanh_depths),
+                            inits=np.asarray(config.inits))
   harness.save(out_dir, SUMMARY, result, FIGURES)
   logging.info("study B done in %.0fs: %s", result["seconds"], out_dir)
   return result

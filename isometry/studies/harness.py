@@ -17,6 +17,10 @@ with the config checks below; the harness does the rest, once for all of them:
 A finished study's summary gains a statistic of its stored per-seed values without retraining
 through `resummarize(out_dir, "study.json", update)`.
 
+Across processes (`isometry.processes`; the study scripts' --coordinator_address,
+--num_processes, --process_id) every process runs the study, each sweep's members spread over
+all their devices, and process 0 alone writes out_dir.
+
 Every sweep trains in its own folder out_dir/<name>/. Running the study again continues where it
 stopped: a finished sweep of the same config is read back, an interrupted one resumes from its
 checkpoint. A folder holding a finished study (its summary file) is not run into again unless
@@ -40,6 +44,7 @@ from absl import logging
 import numpy as np
 
 from isometry import data
+from isometry import processes
 from isometry.results import io
 from isometry.results import stats
 from isometry.engine import train
@@ -330,7 +335,7 @@ def start(out_dir: str, summary: str, overwrite: bool, load: Callable[[], object
   check_out_dir(out_dir, summary, overwrite)
   loaded = load() if dataset is None else dataset
   path = os.path.join(out_dir, summary)
-  if overwrite and os.path.exists(path):
+  if overwrite and os.path.exists(path) and processes.is_writer():
     # Replaced from here on: if this run stops, running again without overwrite continues it.
     os.remove(path)
   return loaded
@@ -375,7 +380,14 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
   for name, config in sweeps.items():
     folder = os.path.join(out_dir, name)
     start = time.perf_counter()
-    if not overwrite and _finished(folder, config):
+    finished = not overwrite and _finished(folder, config)
+    # Across processes, all of them must either train the sweep or read it back.
+    disagreement = processes.disagreement(processes.allgather_text(str(finished)),
+                                          f"whether {folder} holds this sweep, finished")
+    if disagreement:
+      raise train.SetupError(disagreement + " (on several hosts out_dir must be one shared "
+                             "folder)")
+    if finished:
       logging.info("sweep %s: finished earlier, read back from %s", name, folder)
       metrics = io.read_json(os.path.join(folder, "metrics.json"))
     else:
@@ -387,7 +399,7 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
       logging.info("interrupted in %s: run the same command again to continue", folder)
       return None
     checkpoint = os.path.join(folder, train.CHECKPOINT)
-    if not keep_checkpoints and os.path.exists(checkpoint):
+    if not keep_checkpoints and os.path.exists(checkpoint) and processes.is_writer():
       os.remove(checkpoint)
     results[name] = SweepResult(config, metrics, status, folder, time.perf_counter() - start)
   return results
@@ -396,11 +408,14 @@ def run_sweeps(sweeps: Mapping[str, train.TrainConfig], out_dir: str, *, dataset
 def save(out_dir: str, summary_name: str, summary: dict,
          figures: Mapping[str, Callable[[dict], object]] = ()) -> None:
   """Writes each figure (name: function of the summary returning a Figure), then the summary
-  JSON: last, because its presence says the study finished (`check_out_dir`)."""
-  os.makedirs(out_dir, exist_ok=True)
-  for name, figure in dict(figures).items():
-    io.save_figure(figure(summary), os.path.join(out_dir, name))
-  io.write_json(os.path.join(out_dir, summary_name), summary)
+  JSON: last, because its presence says the study finished (`check_out_dir`). Across processes
+  process 0 writes, and every process returns once it has."""
+  if processes.is_writer():
+    os.makedirs(out_dir, exist_ok=True)
+    for name, figure in dict(figures).items():
+      io.save_figure(figure(summary), os.path.join(out_dir, name))
+    io.write_json(os.path.join(out_dir, summary_name), summary)
+  processes.barrier("isometry.studies.harness.save")
 
 
 # ----------------------------------------------------------------------------------- statistics

@@ -4,7 +4,14 @@
 lock, compiles the sweep once, then per epoch calls `run_epoch`, logs one line and writes the
 records; SIGINT/SIGTERM stop it after the epoch (a second signal at once), and a watchdog logs a
 run that makes no progress.
+
+Where the program spans processes (`isometry.processes`), every process runs `run` with the same
+arguments: they check that they agree (config, what out_dir holds) before any work, each feeds
+the members of its own devices, all of them fetch the results, and only process 0 writes
+out_dir and holds its lock; a stop asked on any process stops all of them after the epoch.
 """
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -14,9 +21,9 @@ import traceback
 from typing import Callable, NamedTuple, Optional
 
 from absl import logging
-import jax
 import numpy as np
 
+from isometry import processes
 from isometry.engine.train import feed
 from isometry.engine.train import programs
 from isometry.engine.train import records
@@ -225,8 +232,13 @@ def run(config: sweep.TrainConfig, out_dir: str, *, resume: bool = False, overwr
     dataset: optional preloaded data (see `feed.prepare_arrays`); default loads config.dataset.
     callback: called as callback(epoch, epoch_outputs) after each epoch's files are written;
       returning True stops the run as an interruption would (status "interrupted").
-    devices: devices of the member mesh (default: all local devices).
+    devices: devices of the member mesh (default: every process's devices, `jax.devices()`).
     plots: write the figures of `isometry.results.training_plots` at the end.
+
+  Across processes (`isometry.processes.initialize` first), every process calls `run` with the
+  same arguments; process 0 alone writes out_dir, which every process reads to resume (on
+  several hosts it must be one shared folder), and every process returns the same RunResult
+  once the files are written.
 
   Returns:
     `RunResult`: the status ("done", "diverged" when every member diverged, or "interrupted"),
@@ -235,7 +247,8 @@ def run(config: sweep.TrainConfig, out_dir: str, *, resume: bool = False, overwr
   Raises:
     SetupError: before anything is written: out_dir is a file or in use by another run, holds
       a run and neither resume nor overwrite is set, holds a checkpoint of another config;
-      bad data for this config (missing or corrupt files, too few examples).
+      bad data for this config (missing or corrupt files, too few examples); across processes,
+      any of these on any process, or processes that disagree (`_agree_across_processes`).
 
   A run that makes no progress says so in its log (`Watchdog`): when no epoch (or the
   measurement before the first, or the test measurement after the last) has finished for
@@ -243,18 +256,60 @@ def run(config: sweep.TrainConfig, out_dir: str, *, resume: bool = False, overwr
   300 s alone before the first epoch, which includes compilation -- it logs a warning with the
   CPU time used meanwhile and the Python stack, and again each time that span passes again.
   """
-  resume = _check_out_dir(config, out_dir, resume, overwrite)
+  problem = None
   try:
-    host = feed.prepare_arrays(config, dataset)
-  except ValueError as e:
-    raise sweep.SetupError(str(e)) from e
-  with records.RunLock(out_dir):
-    if not resume:
+    resume = _check_out_dir(config, out_dir, resume, overwrite)
+    try:
+      host = feed.prepare_arrays(config, dataset)
+    except ValueError as e:
+      raise sweep.SetupError(str(e)) from e
+  except sweep.SetupError as e:
+    if processes.count() == 1:
+      raise
+    problem = str(e)
+  _agree_across_processes(config, out_dir, resume, problem)
+  writer = processes.is_writer()
+  with records.RunLock(out_dir) if writer else contextlib.nullcontext():
+    if not resume and writer:
       for name in records.RUN_FILES:
         if os.path.exists(os.path.join(out_dir, name)):
           os.remove(os.path.join(out_dir, name))
     with Watchdog(out_dir) as watchdog:
-      return _train(config, out_dir, host, watchdog, resume, callback, devices, plots)
+      result = _train(config, out_dir, host, watchdog, resume, callback, devices, plots)
+  # Every process returns once process 0 has written the run's last file.
+  processes.barrier("isometry.engine.train.run")
+  return result
+
+
+# Longest message of a process's setup error that the others are told (characters).
+_PROBLEM_CHARS = 600
+
+
+def _agree_across_processes(config: sweep.TrainConfig, out_dir: str, resume: bool,
+                            problem: Optional[str]) -> None:
+  """Where the program spans processes: raises the same SetupError on every process when any
+  process met a setup `problem` or when they disagree on the config (its hash), on whether
+  out_dir holds a run to resume, or on the checkpoint they would resume from. Nothing on one
+  process.
+  """
+  if processes.count() == 1:
+    return
+  checkpoint = os.path.join(out_dir, records.CHECKPOINT)
+  mine = {"problem": problem and problem[:_PROBLEM_CHARS],
+          "config": processes.fingerprint(config.to_dict()),
+          "resume": bool(resume) and problem is None,
+          "checkpoint": processes.file_digest(checkpoint) if resume and problem is None else ""}
+  every = [json.loads(text) for text in processes.allgather_text(json.dumps(mine))]
+  for index, state in enumerate(every):
+    if state["problem"]:
+      raise sweep.SetupError(f"process {index}: {state['problem']}")
+  shared = " (on several hosts out_dir must be one shared folder)"
+  for key, what in (("config", "the sweep (a hash of its TrainConfig)"),
+                    ("resume", "whether out_dir holds a run to resume" + shared),
+                    ("checkpoint", "the checkpoint in out_dir" + shared)):
+    message = processes.disagreement([state[key] for state in every], what)
+    if message:
+      raise sweep.SetupError(message)
 
 
 def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog: Watchdog,
@@ -267,15 +322,18 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
   num_members = len(config.members)
   steps = host.train_x.shape[0] // config.batch_size
 
-  arrays = jax.device_put(host, program.replicated)
+  writer = processes.is_writer()
+  arrays = processes.put(host, program.replicated)
   states = program.init(programs.padded_hparams(config, program))
 
-  os.makedirs(out_dir, exist_ok=True)
-  io.write_json(paths["config.json"], config.to_dict())
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
+    io.write_json(paths["config.json"], config.to_dict())
   if resume:
+    # Every process reads the checkpoint (`_agree_across_processes` checked it is the same file).
     states, initial, history, epoch_seconds = records.load_checkpoint(paths[records.CHECKPOINT],
                                                                       config, states)
-    states = jax.device_put(states, program.member_sharding)
+    states = processes.put(states, program.member_sharding)
     logging.info("resuming %s from epoch %d", out_dir, len(history))
   else:
     watchdog.progress("the initial measurement", None)
@@ -286,13 +344,15 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
     history, epoch_seconds = [], []
   # The divergence rule's reference, padded like the members.
   reference = np.asarray(initial["val_loss"], np.float32)
-  initial_loss = jax.device_put(
+  initial_loss = processes.put(
       np.concatenate([reference, np.repeat(reference[-1:], program.num_padded - num_members)]),
       program.member_sharding)
 
   def write(status: str, test=None, **extra):
     finished = status in ("done", "diverged")
     metrics = records.metrics_json(config, initial, history, test, epoch_seconds, finished)
+    if not writer:
+      return metrics
     io.write_json(paths["metrics.json"], metrics)
     records.save_spectra(paths["spectra.npz"], config, initial, history)
     diverged = [m["config"]["label"] + f" seed {m['config']['seed']}"
@@ -301,6 +361,7 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
         "status": status, "epochs_done": len(history), "epochs": config.epochs,
         "diverged_members": diverged, "num_members": num_members,
         "num_devices": len(program.member_sharding.mesh.devices.flat),
+        "num_processes": processes.count(),
         "steps_per_epoch": steps, "epoch_seconds": epoch_seconds, **extra})
     return metrics
 
@@ -310,19 +371,21 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
       for epoch in range(len(history), config.epochs):
         watchdog.progress(f"epoch {epoch + 1}", epoch_seconds[-1] if epoch_seconds else None)
         start = time.perf_counter()
-        states, out = program.run_epoch(states, initial_loss, arrays, np.int32(epoch))
+        states, out = program.run_epoch(states, initial_loss, arrays,
+                                        processes.put(np.int32(epoch), program.replicated))
         out = records.strip(out, num_members)
         seconds = time.perf_counter() - start
         history.append(out)
         epoch_seconds.append(seconds)
         write("running")
-        records.save_checkpoint(paths[records.CHECKPOINT], config, states, initial, history,
-                                epoch_seconds)
+        host_states = records.strip(states, num_members)
+        if writer:
+          records.save_checkpoint(paths[records.CHECKPOINT], config, host_states, initial,
+                                  history, epoch_seconds)
         logging.info(_progress_line(config, epoch + 1, seconds, steps, out))
-        if callback is not None and callback(epoch + 1, out):
-          status = "interrupted"
-          break
-        if stop.signal is not None:
+        asked = callback is not None and callback(epoch + 1, out)
+        # A stop asked on any process (callback or signal) stops every one after this epoch.
+        if processes.any_process(asked or stop.signal is not None):
           status = "interrupted"
           break
         if np.all(out["diverged"]):
@@ -350,7 +413,7 @@ def _train(config: sweep.TrainConfig, out_dir: str, host: feed.Arrays, watchdog:
                                          nan_if_none(summary["test_accuracy_ci95"]), kept),
                    f"; {summary['diverged']} diverged seeds left out" if summary["diverged"]
                    else "")
-  if plots:
+  if plots and writer:
     watchdog.progress("the plots", None)
     try:
       from isometry.results import training_plots  # Deferred: matplotlib takes a second to import.

@@ -1,7 +1,8 @@
 """The compiled programs of a sweep: init, one epoch of every member, the end-of-epoch measurement.
 
 Each maps one member's function over the (padded) member axis, `vmap`ped (or run alone for a
-single member) and sharded over a 1-d "members" mesh of the local devices, and is compiled once
+single member) and sharded over a 1-d "members" mesh of the devices (every process's, where the
+program spans several: `isometry.processes`), and is compiled once
 per sweep (`make_train` caches them). One epoch is a `lax.scan` over the steps, batches gathered
 by index from the data kept on device; the measurement gives the validation metrics, the
 singular values of the tracked kernels, gradient norms on the probe batch and the isometry
@@ -21,6 +22,7 @@ from isometry.theory import activations
 from isometry import data
 from isometry.theory import diagnostics
 from isometry import linalg
+from isometry import processes
 from isometry.data import text
 from isometry.engine import constraints
 from isometry.engine import models
@@ -151,22 +153,24 @@ def make_train(config: sweep.TrainConfig, arrays: feed.Arrays, devices=None) -> 
   Args:
     config: the sweep.
     arrays: the data (only shapes are used here).
-    devices: devices of the 1-d member mesh (default: all local devices).
+    devices: devices of the 1-d member mesh (default: every device of every process,
+      `jax.devices()`: the local devices where the program runs as one process).
 
   Returns:
     A Program.
   """
-  devices = tuple(jax.local_devices() if devices is None else devices)
+  devices = tuple(jax.devices() if devices is None else devices)
   return _build_program(dataclasses.replace(config, epochs=1), tuple(arrays.train_x.shape),
                         devices)
 
 
 def padded_hparams(config: sweep.TrainConfig, program: "Program"):
-  """hparams_of the members, padded to the program's member count and placed on its mesh."""
+  """hparams_of the members, padded to the program's member count and placed on its mesh (each
+  process places the members of its own devices)."""
   init_names = tuple(sorted({m.init for m in config.members}))
   members = list(config.members)
   padded = members + [members[-1]] * (program.num_padded - len(members))
-  return jax.device_put(hparams_of(padded, init_names), program.member_sharding)
+  return processes.put(hparams_of(padded, init_names), program.member_sharding)
 
 
 def _map_members(fn: Callable) -> Callable:

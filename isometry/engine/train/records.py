@@ -10,6 +10,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from isometry import processes
 from isometry.engine.train import sweep
 from isometry.results import io
 from isometry.results import stats
@@ -84,8 +85,9 @@ def _record(config: sweep.TrainConfig, out: dict, i: int) -> dict:
 
 
 def strip(tree, num_members: int):
-  """Fetches a (padded) member-major pytree to numpy and drops the padding members."""
-  return jax.tree.map(lambda x: np.asarray(x)[:num_members], jax.device_get(tree))
+  """Fetches a (padded) member-major pytree to numpy and drops the padding members; where its
+  arrays span processes, a collective that every process calls (`processes.to_host`)."""
+  return jax.tree.map(lambda x: np.asarray(x)[:num_members], processes.to_host(tree))
 
 
 def _flatten_dict(d: dict, prefix: str = "") -> dict:
