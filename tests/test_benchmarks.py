@@ -40,7 +40,7 @@ def _check_line(line: str, result: dict):
 def test_rnn_step_json_line(capsys):
   result = rnn_step.main(TINY)
   _check_line(capsys.readouterr().out.strip(), result)
-  assert result["impl"] == "isometry.train"
+  assert result["impl"] == "isometry.engine.train"
   assert result["iters"] == 2 and result["unroll"] >= 1
 
 

@@ -106,7 +106,7 @@ class StudyConfig(harness.DataConfig):
   def quick(cls, **overrides) -> "StudyConfig":
     """A seconds-long smoke version: two shallow depths, tiny width, a synthetic task."""
     settings = dict(depths=(1, 3), seeds=2, epochs=2, width=16, batch_size=16,
-                    max_train_examples=None, val_size=32, synthetic=True, lr=0.05)
+                    max_train_examples=None, val_size=32, synthetic=True, lr=0.05, monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

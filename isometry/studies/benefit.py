@@ -125,7 +125,7 @@ class StudyConfig(harness.DataConfig):
   def quick(cls, **overrides) -> "StudyConfig":
     """A seconds-long smoke version: tiny networks on 6 x 6 synthetic images (pixel T = 36)."""
     settings = dict(depths=(2, 4), seeds=2, epochs=2, batch_size=16, max_train_examples=None,
-                    val_size=32, width=16, hidden=8, unroll=1, synthetic=True)
+                    val_size=32, width=16, hidden=8, unroll=1, synthetic=True, monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

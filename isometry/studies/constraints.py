@@ -117,7 +117,8 @@ class StudyConfig(harness.DataConfig):
   def quick(cls, **overrides) -> "StudyConfig":
     """A smoke version (well under a minute): hidden 8, 2 seeds, 2 epochs, a synthetic task."""
     settings = dict(seeds=2, epochs=2, hidden=8, batch_size=16, max_train_examples=None,
-                    val_size=32, synthetic=True, unroll=1, lr=1e-2, reg_strength=0.1)
+                    val_size=32, synthetic=True, unroll=1, lr=1e-2, reg_strength=0.1,
+                    monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

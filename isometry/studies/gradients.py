@@ -124,7 +124,8 @@ class StudyConfig(harness.DataConfig):
     """A seconds-long smoke version: tiny networks, a synthetic RNN task."""
     settings = dict(sigma_w_factors=(0.9, 1.0, 1.1), width=32, depth=8, batch=4, seeds=5,
                     rnn_gains=(1.0, 1.25), rnn_seeds=2, synthetic=True, rnn_hidden=8,
-                    rnn_epochs=1, rnn_batch_size=16, rnn_train_examples=None, rnn_val_size=16)
+                    rnn_epochs=1, rnn_batch_size=16, rnn_train_examples=None, rnn_val_size=16,
+                    monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

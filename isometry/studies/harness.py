@@ -166,10 +166,13 @@ class DataConfig:
       dataset (`data.OFFLINE_DIRS`) where there is one, else TFDS.
     synthetic: small synthetic images instead of the dataset (smoke runs, --quick); each study
       says which.
+    monitor_probes: probes of the engine's isometry monitor in every sweep (0: off; the quick
+      smoke runs turn it off, its compile would dominate them).
   """
   dataset: str = "fashion_mnist"
   data_dir: Optional[str] = None
   synthetic: bool = False
+  monitor_probes: int = 8
 
   def images(self, val_size=0.2, smoke: Synthetic = Synthetic()) -> data.Dataset:
     """`load_images` of this config: the dataset, or the `smoke` images where synthetic."""
@@ -177,8 +180,10 @@ class DataConfig:
                        synthetic=smoke if self.synthetic else None)
 
   def train_data(self) -> dict:
-    """`data_fields` of this config: a sweep's TrainConfig dataset and data_dir."""
-    return data_fields(self.dataset, self.data_dir, self.synthetic)
+    """`data_fields` of this config and its monitor setting: a sweep's TrainConfig dataset,
+    data_dir and monitor_probes."""
+    return {**data_fields(self.dataset, self.data_dir, self.synthetic),
+            "monitor_probes": self.monitor_probes}
 
 
 # -------------------------------------------------------------------------------------- results

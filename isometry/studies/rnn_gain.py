@@ -122,7 +122,8 @@ class StudyConfig(harness.DataConfig):
     settings = dict(synthetic=True, hidden=16, theory_examples=32,
                     curve_gains=(0.8, 1.2, 1.6, 2.0), measure_networks=2, measure_examples=2,
                     tangents=2, spectrum_width=32, spectrum_networks=2, model_networks=2,
-                    grid_points=60, seeds=2, epochs=1, batch_size=16, val_size=16, unroll=1)
+                    grid_points=60, seeds=2, epochs=1, batch_size=16, val_size=16, unroll=1,
+                    monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

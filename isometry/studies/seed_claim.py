@@ -93,7 +93,7 @@ class StudyConfig(harness.DataConfig):
   def quick(cls, **overrides) -> "StudyConfig":
     """A smoke run in seconds: 64 random images, hidden 8, 2 seeds, 1 epoch."""
     settings = dict(synthetic=True, seeds=2, epochs=1, hidden=8, batch_size=16, val_size=16,
-                    unroll=1)
+                    unroll=1, monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 

@@ -96,7 +96,7 @@ class StudyConfig(harness.DataConfig):
   def quick(cls, **overrides) -> "StudyConfig":
     """A smoke version (seconds of training): 8 units, 2 seeds, 2 epochs, synthetic rows."""
     settings = dict(seeds=2, epochs=2, pilot_strengths=(0.1, 1.0), pilot_epochs=1, hidden=8,
-                    batch_size=16, val_size=32, synthetic=True, lr=1e-2)
+                    batch_size=16, val_size=32, synthetic=True, lr=1e-2, monitor_probes=0)
     settings.update(overrides)
     return cls(**settings)
 
