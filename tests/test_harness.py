@@ -25,7 +25,7 @@ def _sweep(epochs: int = 2) -> train.TrainConfig:
       members=train.product_members(gains=(1.0, 1.3), reg_strengths=(0.0, 0.5), lrs=(0.01,),
                                     seeds=2),
       hidden=4, batch_size=16, epochs=epochs, unroll=1, val_size=16, eval_batch_size=16,
-      **harness.data_fields("fashion_mnist", None, synthetic=True))
+      monitor_probes=0, **harness.data_fields("fashion_mnist", None, synthetic=True))
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,7 @@ def test_train_mlp_pipeline_on_idx_files(tmp_path):
   out = tmp_path / "run"
   result = _script("train_mlp", f"--data_dir={tmp_path}", "--val_size=12", "--depths=1,3",
                    "--inits=orthogonal,gaussian", "--width=8", "--batch_size=16", "--epochs=1",
-                   f"--out_dir={out}")
+                   "--monitor_probes=0", f"--out_dir={out}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert io.read_json(out / "status.json")["status"] == "done"
   metrics = io.read_json(out / "metrics.json")
@@ -166,7 +166,7 @@ def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
     result = _script("train_rnn", f"--data_dir={tmp_path}", "--val_size=12", "--hidden=8",
                      "--gains=1.1", "--reg_strengths=0", "--constraint=projection", "--seeds=2",
                      "--lr=0.01", "--batch_size=16", "--epochs=2", "--unroll=1",
-                     f"--out_dir={out}")
+                     "--monitor_probes=0", f"--out_dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     runs.append(io.read_json(out / "metrics.json"))
   assert _member_numbers(runs[0]) == _member_numbers(runs[1])
