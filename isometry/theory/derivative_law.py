@@ -265,6 +265,25 @@ def _check_window(act, q, lower, upper):
                      f"not graded enough for the solver's window of {_WINDOW} panels")
 
 
+def _top_panel(x, law: "D2Law"):
+  """The top panel [d_max - Y, d_max] of `m_d2` and `arg_d2` at x: (Y, sigma, near_top, kappa_0).
+
+  sigma = (x - d_max) / Y, replaced by 1 where |sigma| > _NEAR_TOP (the panel is then summed by
+  its rule, and the exact terms are masked out), and kappa_0 = int_0^1 dr / (sigma + r**2) =
+  arctan(1 / root) / root = log((root + i) / (root - i)) / (2 i root), root = sqrt(sigma), with
+  root - i = (sigma + 1) / (root + i) and sigma + 1 from the shared end point d_max - Y.
+  """
+  d_max, bottom = law.upper[0], law.lower[0]
+  big_y = d_max - bottom
+  sigma = (x - d_max) / big_y
+  near_top = jnp.abs(sigma) <= _NEAR_TOP
+  sigma = jnp.where(near_top, sigma, 1.0)
+  root = jnp.sqrt(sigma)
+  end = jnp.where(near_top, (x - bottom) / big_y, 1.0)
+  kappa = jnp.log(jnp.square(root + 1j) * reciprocal(end)) * reciprocal(2j * root)
+  return big_y, sigma, near_top, kappa
+
+
 def reciprocal(a):
   """1 / a for complex a by real arithmetic (XLA's complex division is several times slower)."""
   norm = jnp.square(a.real) + jnp.square(a.imag)
@@ -297,16 +316,8 @@ def m_d2(x, law: D2Law):
   # sigma = (x - d_max) / Y, V = sqrt(Y); lambda_j = int_0^1 r**2j / (sigma + r**2)**2 dr
   # gives the derivative. Upward recursions, stable for |sigma| <= _NEAR_TOP since the
   # coefficients b_j decay like (Y / d_max)**j <= _TOP**j.
-  d_max, bottom, b = law.upper[0], law.lower[0], law.coef[0]
-  big_y = d_max - bottom
-  sigma = (x - d_max) / big_y
-  near_top = jnp.abs(sigma) <= _NEAR_TOP
-  sigma = jnp.where(near_top, sigma, 1.0)
-  root = jnp.sqrt(sigma)
-  # arctan(1 / root) / root = log((root + i) / (root - i)) / (2 i root), with
-  # root - i = (sigma + 1) / (root + i) and sigma + 1 from the shared end point `bottom`.
-  end = jnp.where(near_top, (x - bottom) / big_y, 1.0)
-  kappa = jnp.log(jnp.square(root + 1j) * reciprocal(end)) * reciprocal(2j * root)
+  b = law.coef[0]
+  big_y, sigma, near_top, kappa = _top_panel(x, law)
   lam = (reciprocal(1.0 + sigma) + kappa) * reciprocal(2.0 * sigma)
   top, d_top = b[0] * kappa, b[0] * lam
   for j in range(1, fit):
@@ -365,15 +376,9 @@ def arg_d2(x, law: D2Law):
   total = jnp.sum(rows)
   fit = law.density_coef.shape[1]
 
-  d_max, bottom, b = law.upper[0], law.lower[0], law.density_coef[0]
-  big_y = d_max - bottom
-  sigma = (x - d_max) / big_y
-  near_top = jnp.abs(sigma) <= _NEAR_TOP
-  sigma = jnp.where(near_top, sigma, 1.0)
-  root = jnp.sqrt(sigma)
-  end = jnp.where(near_top, (x - bottom) / big_y, 1.0)
-  kappa = jnp.log(jnp.square(root + 1j) * reciprocal(end)) * reciprocal(2j * root)
-  end_angle = jnp.arctan2(x.imag, x.real - bottom)
+  b = law.density_coef[0]
+  big_y, sigma, near_top, kappa = _top_panel(x, law)
+  end_angle = jnp.arctan2(x.imag, x.real - law.lower[0])
   top = 0.0
   for j in range(fit):
     kappa = 1.0 / (2 * j + 1) - sigma * kappa                  # kappa_{j+1}
