@@ -131,7 +131,7 @@ def test_train_mlp_pipeline_on_idx_files(tmp_path):
 
 @pytest.mark.parametrize("script, args, message", [
     ("train_rnn", ["--hidden=0"], "--hidden"),
-    ("train_rnn", ["--gains=1,-1"], "gain must be > 0"),
+    ("train_rnn", ["--gains=1,-1"], "--gains must be > 0"),
     ("train_rnn", ["--task=diagonal"], "--task"),
     ("train_rnn", ["--cell=lstm", "--constraint=cayley"], "rnn only"),
     ("train_rnn", ["--preset=configs2", "--gains=1.1"], "--gains"),

@@ -264,6 +264,15 @@ class SweepAxes:
     for name in ("inits", "gains", "reg_strengths", "lr", "depths"):
       require(len(getattr(self, name)) > 0, f"{name} needs at least one value")
     require(self.seeds > 0, f"seeds must be > 0, got {self.seeds}")
+    # Item checks here (not only per Member) so that the error names the flag, e.g. --gains.
+    require(all(g > 0 and math.isfinite(g) for g in self.gains),
+            f"gains must be > 0, got {','.join(f'{g:g}' for g in self.gains)}")
+    require(all(r >= 0 for r in self.reg_strengths),
+            f"reg_strengths must be >= 0, got {','.join(f'{r:g}' for r in self.reg_strengths)}")
+    require(all(lr > 0 for lr in self.lr),
+            f"lr must be > 0, got {','.join(f'{lr:g}' for lr in self.lr)}")
+    require(all(d >= 1 for d in self.depths),
+            f"depths must be >= 1, got {','.join(str(d) for d in self.depths)}")
 
   def members(self) -> tuple:
     """The sweep's Members: the preset's configurations x lr x seeds, or the product."""
