@@ -522,6 +522,20 @@ def test_bad_configs_raise(overrides, match):
     _config(**overrides)
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (dict(gains=(1.0, -1.0)), "gains must be > 0, got 1,-1"),
+    (dict(gains=(float("nan"),)), "gains must be > 0, got nan"),
+    (dict(reg_strengths=(0.0, -0.5)), "reg_strengths must be >= 0, got 0,-0.5"),
+    (dict(lr=(0.0,)), "lr must be > 0, got 0"),
+    (dict(depths=(2, 0)), "depths must be >= 1, got 2,0"),
+])
+def test_bad_sweep_axes_name_the_axis(overrides, message):
+  # The message starts with the field's name, so the scripts' flag errors name the flag.
+  with pytest.raises(ValueError) as info:
+    train.SweepAxes(**overrides)
+  assert str(info.value) == message
+
+
 def test_setup_errors_before_any_file(dataset, tmp_path):
   out = tmp_path / "out"
   with pytest.raises(train.SetupError, match="batch_size"):
