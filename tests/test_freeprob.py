@@ -610,6 +610,7 @@ def _mc_grid(lambda_max, samples):
   return np.geomspace(bottom, 1.02 * lambda_max, GRID_SIZE)
 
 
+@pytest.mark.compute_bound
 @pytest.mark.parametrize("weights,depth,qs", [
     ("orthogonal", 2, (1.0, 1 / 64)),
     ("orthogonal", 32, (1 / 64,)),

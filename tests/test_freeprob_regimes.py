@@ -64,6 +64,7 @@ def _check_density(failures, label, args):
   return True
 
 
+@pytest.mark.compute_bound
 @pytest.mark.parametrize("activation", ["tanh", "erf", "hard_tanh", "relu", "linear"])
 def test_sweep_of_the_phase_diagram(activation):
   failures, solved = [], 0

@@ -434,6 +434,7 @@ def test_phase_diagram_relu_marks_missing_fixed_point():
   assert np.isnan(pd.xi_c[1, 0])
 
 
+@pytest.mark.compute_bound
 def test_q_star_against_monte_carlo(key):
   """Mean squared pre-activation of width-1000 Gaussian tanh networks, layers 20-49, vs q*.
 

@@ -82,6 +82,7 @@ def test_mean_field_finite_or_value_error(activation):
   assert not failures, "\n".join(failures)
 
 
+@pytest.mark.compute_bound
 @pytest.mark.parametrize("activation", ["tanh", "erf", "relu", "hard_tanh", "linear"])
 def test_free_probability_finite_or_value_error(activation):
   failures = []

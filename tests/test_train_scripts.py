@@ -109,8 +109,8 @@ def _write_idx_dataset(folder, n_train=60, n_test=20, seed=0):
     data.write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels)
 
 
-def _script(name, *args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _script(name, *args, **environ):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **environ)
   return subprocess.run([sys.executable, os.path.join(SCRIPTS, f"{name}.py"), *args],
                         capture_output=True, text=True, env=env, timeout=600)
 
@@ -156,6 +156,9 @@ def _member_numbers(metrics):
 def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
   """Run twice from scratch in separate processes (fresh compiles): bitwise-equal metrics.
 
+  Both runs use XLA's default optimizing pipeline (the rest of the suite turns it off, see
+  tests/conftest.py), so the programs a user runs are trained end to end here.
+
   The projection constraint runs here end to end as well, so a full training run keeps the
   recurrent kernel on g O(n) (its singular values are recorded every epoch).
   """
@@ -166,7 +169,8 @@ def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
     result = _script("train_rnn", f"--data_dir={tmp_path}", "--val_size=12", "--hidden=8",
                      "--gains=1.1", "--reg_strengths=0", "--constraint=projection", "--seeds=2",
                      "--lr=0.01", "--batch_size=16", "--epochs=2", "--unroll=1",
-                     "--monitor_probes=0", f"--out_dir={out}")
+                     "--monitor_probes=0", f"--out_dir={out}",
+                     JAX_DISABLE_MOST_OPTIMIZATIONS="0")
     assert result.returncode == 0, result.stderr[-3000:]
     runs.append(io.read_json(out / "metrics.json"))
   assert _member_numbers(runs[0]) == _member_numbers(runs[1])
