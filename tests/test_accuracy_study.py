@@ -112,6 +112,7 @@ def test_paired_comparisons_are_the_named_family_with_holm():
   assert {r["family_size"] for r in rows} == {2}
 
 
+@pytest.mark.slow
 def test_quick_run(tmp_path):
   out = tmp_path / "c"
   acc.run(acc.StudyConfig.quick(), str(out))

@@ -117,6 +117,7 @@ def test_per_seed_reads_best_val_and_drops_diverged_members():
                                 [[0.1, 0.3, 0.5, 0.4], [0.1, 0.2, np.nan, np.nan]])
 
 
+@pytest.mark.slow
 def test_quick_run_writes_study_and_figures(tmp_path):
   out = tmp_path / "e"
   bs.run(bs.StudyConfig.quick(), str(out))

@@ -122,6 +122,7 @@ def test_holm_runs_over_every_arm_and_metric():
     assert paired["soft"][metric]["family_size"] == 4
 
 
+@pytest.mark.slow
 def test_quick_run_keeps_the_constraints(tmp_path):
   out = tmp_path / "d"
   config = cs.StudyConfig.quick(arms=("none", "projection", "cayley", "expm", "riemannian_adam"),

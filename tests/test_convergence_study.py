@@ -120,6 +120,7 @@ def test_config_rejects_bad_values():
     cs.StudyConfig(tanh_depths=(0, 2))
 
 
+@pytest.mark.slow
 def test_quick_run(tmp_path):
   out = tmp_path / "b"
   cs.run(cs.StudyConfig.quick(), str(out))

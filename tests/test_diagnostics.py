@@ -200,6 +200,7 @@ def test_gaussian_products_fuss_catalan(key):
 
 # ----------------------------------------------------------------------- free probability
 
+@pytest.mark.slow
 def test_critical_tanh_against_free_probability():
   """Orthogonal critical tanh, q* = 1/4, depth 4, width 256, two inputs pooled.
 

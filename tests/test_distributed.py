@@ -115,6 +115,7 @@ def _inputs(tmp_path, name="config", **overrides):
   return data_path, config_path
 
 
+@pytest.mark.slow
 def test_two_processes_of_two_devices_equal_one_of_four_and_resume(tmp_path):
   data_path, config_path = _inputs(tmp_path)
   one, two = str(tmp_path / "one"), str(tmp_path / "two")

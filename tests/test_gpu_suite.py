@@ -165,6 +165,7 @@ def _check_part_c(c):
   assert d["n_pairs"] == 2 and _finite(d["mean"], -1.0, 1.0)
 
 
+@pytest.mark.slow
 def test_smoke_run(tmp_path):
   out = tmp_path / "gpu"
   # A one-second budget for part b exercises the rule's stop and the finishing of a stopped run.

@@ -207,6 +207,7 @@ def _script(*args):
                          *args], capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_script_quick_mode(tmp_path):
   out = tmp_path / "a"
   result = _script("--quick", f"--out_dir={out}")

@@ -80,6 +80,7 @@ def quick_run(tmp_path_factory):
   return out, study.run(study.StudyConfig.quick(), str(out))
 
 
+@pytest.mark.slow
 def test_seed_input_kernels_are_the_ones_the_training_sweep_draws(quick_run):
   # The quick run's own sweep and images, so that the init it compiled serves here too. U
   # depends on the seed alone: every member (each gain, each penalty) starts from its seed's.
@@ -110,6 +111,7 @@ def test_config_rejects_bad_values():
   assert data.resolve_data_dir("mnist", None) is None
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_result(quick_run):
   tmp_path, returned = quick_run
   for name in ("study.json", "meanfield.png", "spectra.png", "accuracy.png"):

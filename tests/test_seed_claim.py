@@ -82,6 +82,7 @@ def test_bad_settings_are_rejected():
     seed_claim.StudyConfig(seeds=1)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_summary_and_figure(tmp_path):
   out = tmp_path / "claim"
   seed_claim.run(seed_claim.StudyConfig.quick(presets=("configs2",)), str(out))

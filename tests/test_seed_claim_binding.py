@@ -105,6 +105,7 @@ def test_the_committed_runs_give_the_committed_summary():
   assert summary["comparisons"] == committed["comparisons"]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_summary_and_refuses_to_run_into_it(tmp_path):
   summary = study.run(study.StudyConfig.quick(presets=("configs3",)), str(tmp_path))
   assert (tmp_path / "summary.json").exists() and (tmp_path / "seed_claim_binding.png").exists()

@@ -233,6 +233,7 @@ def _devices_env(count: int) -> dict:
               PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(reference, dataset, tmp_path):
   """3 members padded to 4 and sharded over 4 CPU devices give the 1-device metrics, both
   from scratch and resuming a 1-device checkpoint."""
@@ -255,6 +256,7 @@ def test_four_devices_equal_one_device(reference, dataset, tmp_path):
       _assert_members_close(got, want, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_two_devices_finish_at_a_size_that_deadlocked(dataset, tmp_path):
   """8 members at hidden 32 on 2 CPU devices finish, with the 1-device metrics.
 

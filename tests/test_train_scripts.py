@@ -43,6 +43,7 @@ def _run_main(module, argv):
     module.FLAGS.unparse_flags()
 
 
+@pytest.mark.slow
 def test_train_rnn_pipeline_on_mock_data(train_rnn, tmp_path):
   out = tmp_path / "run"
   # mock_data gives num_examples random 28 x 28 images per split: 40 train, 8 of them for
@@ -74,6 +75,7 @@ def test_train_rnn_pipeline_on_mock_data(train_rnn, tmp_path):
     assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_train_rnn_with_riemannian_adam_and_the_monitor(train_rnn, tmp_path):
   """--constraint=riemannian_adam replaces Adam for the recurrent kernel: it stays on g O(n)
   (polar retraction of an 8 x 8 kernel in float32: within 1e-5 of g) while the net trains; the
@@ -115,6 +117,7 @@ def _script(name, *args, **environ):
                         capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_train_mlp_pipeline_on_idx_files(tmp_path):
   _write_idx_dataset(str(tmp_path))
   out = tmp_path / "run"
@@ -153,6 +156,7 @@ def _member_numbers(metrics):
   return json.dumps(metrics["members"], sort_keys=True)
 
 
+@pytest.mark.slow
 def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
   """Run twice from scratch in separate processes (fresh compiles): bitwise-equal metrics.
 
@@ -184,6 +188,7 @@ def test_same_flags_and_seed_give_identical_metrics_in_two_processes(tmp_path):
     assert member["epochs"][-1]["train_loss"] != member["epochs"][0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_train_lstm_on_mock_imdb_reviews(train_rnn, tmp_path):
   """The seed's second experiment's pipeline: token ids -> learned embedding -> LSTM -> 2 classes."""
   out = tmp_path / "imdb"
