@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from isometry import data
 from isometry import processes
-from isometry.engine import train
 from isometry.results import io
+
+import small_sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,16 +98,8 @@ def _start(args, devices: int):
 
 def _inputs(tmp_path, name="config", **overrides):
   """(dataset .npz, <name>.json) of a small sweep: three members on a synthetic task."""
-  members = (
-      train.Member("ortho_reg", "orthogonal", 1.0, 0.1, True, 1e-2, seed=0),
-      train.Member("glorot", "glorot_uniform", 1.2, 0.0, True, 3e-2, seed=1),
-      # Overflows at the first step: divergence is detected on whichever process holds it.
-      train.Member("overflow", "orthogonal", 1e20, 1.0, False, 1e-2, seed=0),
-  )
-  settings = dict(members=members, hidden=8, batch_size=16, epochs=2, unroll=1,
-                  eval_batch_size=32, val_size=48, monitor_probes=0)
-  config = train.TrainConfig(**{**settings, **overrides})
-  dataset = data.synthetic_dataset(128, 48, 48, side=6, learnable=True)
+  config = small_sweep.config(**overrides)
+  dataset = small_sweep.dataset()
   data_path = str(tmp_path / "data.npz")
   config_path = str(tmp_path / f"{name}.json")
   np.savez(data_path, **dataset._asdict())

@@ -26,7 +26,6 @@ import optax
 import pytest
 
 from isometry.engine import constraints
-from isometry import data
 from isometry.theory import diagnostics
 from isometry.theory import initializers
 from isometry.results import io
@@ -35,24 +34,11 @@ from isometry.engine import presets
 from isometry.engine import train
 from isometry.engine.train import loop
 
+import small_sweep
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIDE = 6  # Images are SIDE x SIDE: row sequences of T = 6 steps of D = 6 pixels.
-
-
-def _config(**overrides):
-  members = (
-      train.Member("ortho_reg", "orthogonal", 1.0, 0.1, True, 1e-2, seed=0),
-      train.Member("glorot", "glorot_uniform", 1.2, 0.0, True, 3e-2, seed=1),
-      # The unadjusted penalty of W = 1e20 * orthogonal overflows float32 (W^T W ~ 1e40):
-      # the loss is inf at the first step.
-      train.Member("overflow", "orthogonal", 1e20, 1.0, False, 1e-2, seed=0),
-  )
-  # The isometry monitor is off here (its compile would double most of these tests); the
-  # monitor's own test turns it on.
-  settings = dict(members=members, hidden=8, batch_size=16, epochs=2, unroll=1,
-                  eval_batch_size=32, val_size=48, monitor_probes=0)
-  settings.update(overrides)
-  return train.TrainConfig(**settings)
+SIDE = small_sweep.SIDE
+_config = small_sweep.config
 
 
 class _CompileCounter(logging.Handler):
@@ -69,8 +55,7 @@ class _CompileCounter(logging.Handler):
 
 @pytest.fixture(scope="module")
 def dataset():
-  # A learnable task: the label picks which row is bright (a long-memory cue for the RNN).
-  return data.synthetic_dataset(128, 48, 48, side=SIDE, learnable=True)
+  return small_sweep.dataset()
 
 
 @pytest.fixture(scope="module")
