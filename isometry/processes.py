@@ -278,7 +278,9 @@ def disagreement(values: list, what: str) -> Optional[str]:
 
 def any_process(flag: bool) -> bool:
   """Whether `flag` holds on any process (a collective: every process calls it)."""
-  return any(v == "1" for v in allgather_text("1" if flag else "0"))
+  if count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def barrier(name: str) -> None:
